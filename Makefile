@@ -1,0 +1,42 @@
+# `make run`: the whole pipeline on the default params (dvc repro). `make test`: the test suite.
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+
+export OMP_WAIT_POLICY := PASSIVE
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export PREFECT_HOME := $(CURDIR)/.cache/prefect
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: venv run test mlflow-ui bench clean-checkpoints
+
+venv: $(STAMP)
+
+# torch==2.13.0 (the CPU wheel on local disk) is in the same pip command as the rest (STACK.md).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 -e .
+	touch $@
+
+run: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT) --workers 1
+
+bench: $(STAMP)
+	$(BIN)/python bench/rl_iteration.py
+
+clean-checkpoints:
+	rm -rf checkpoints

@@ -1,0 +1,276 @@
+"""Typed, validated parameters (params.yaml).
+
+Validated once, before any work: unknown keys, wrong types, out-of-range values and
+inconsistent combinations fail with the file, the dotted key path, what was expected, and a
+"did you mean" for typos.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class WorldParams(_Section):
+    resolution: int = Field(24, ge=16, le=64)
+    two_object_prob: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class PromptsParams(_Section):
+    train_per_task: int = Field(256, ge=1)
+    eval_per_task: int = Field(48, ge=1)
+    heldout_combos: list[tuple[str, str]] = Field(
+        default_factory=lambda: [("red", "triangle"), ("blue", "circle"), ("yellow", "square")]
+    )
+    require_disjoint: bool = True
+
+    @field_validator("heldout_combos")
+    @classmethod
+    def _known_combos(cls, combos: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        from pipeline.world.vocab import COLOURS, SHAPES
+
+        for colour, shape in combos:
+            if colour not in COLOURS or shape not in SHAPES:
+                raise ValueError(
+                    f"({colour!r}, {shape!r}) is not a colour-shape pair; "
+                    f"colours: {sorted(COLOURS)}, shapes: {list(SHAPES)}"
+                )
+        return combos
+
+
+class ModelParams(_Section):
+    kind: Literal["tiny", "stable_diffusion"] = "tiny"
+    pretrained: str | None = None  # hub id or local path (stable_diffusion)
+    channels: tuple[int, ...] = (16, 32, 64)
+    text_dim: int = Field(64, ge=8)
+    text_layers: int = Field(2, ge=1)
+    attention_heads: int = Field(4, ge=1)
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+
+    @model_validator(mode="after")
+    def _sd_needs_source(self) -> "ModelParams":
+        if self.kind == "stable_diffusion" and not self.pretrained:
+            raise ValueError("model.kind 'stable_diffusion' needs model.pretrained (a hub id or local path)")
+        if len(self.channels) != 3 or any(c % 8 for c in self.channels):
+            raise ValueError("model.channels must be 3 multiples of 8, e.g. [16, 32, 64]")
+        return self
+
+
+class PretrainParams(_Section):
+    steps: int = Field(2400, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    ema_decay: float = Field(0.995, ge=0.0, lt=1.0)
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(50, ge=1)
+
+
+class SamplingParams(_Section):
+    steps: int = Field(20, ge=2, le=1000)
+    guidance: float = Field(3.0, ge=1.0)
+    eta: float = Field(0.0, ge=0.0, le=1.0)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    diversity_seeds: int = Field(16, ge=2)  # samples per under-specified eval prompt
+    batch_size: int = Field(64, ge=1)
+
+
+class TaskParams(_Section):
+    name: str
+    reward: str
+    prompts: str  # prompt corpus (task name in data/prompts)
+    samples_per_prompt: int = Field(8, ge=1)
+    prompts_per_iteration: int = Field(8, ge=1)
+    advantage: Literal["group", "batch"] = "group"
+    weight: float = Field(1.0, gt=0.0)
+
+
+class RLParams(_Section):
+    iterations: int = Field(100, ge=1)
+    tasks: list[TaskParams] = Field(min_length=1)
+    lr: float = Field(5e-5, gt=0.0, le=1.0)
+    warmup_iterations: int = Field(10, ge=0)
+    weight_decay: float = Field(1e-2, ge=0.0)
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    adam_eps: float = Field(1e-8, gt=0.0)
+    clip_range: float = Field(1e-2, gt=0.0)
+    adv_clip: float = Field(10.0, gt=0.0)
+    inner_epochs: int = Field(1, ge=1)
+    optimizer_steps: int = Field(2, ge=1)  # gradient steps per task per iteration
+    train_timesteps: int = Field(6, ge=1)  # timesteps trained per trajectory per inner epoch
+    timestep_window: float = Field(0.6, gt=0.0, le=1.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    eta: float = Field(1.0, gt=0.0, le=1.0)
+    clamp_x0: bool = False
+    share_group_noise: bool = True
+    pretrain_beta: float = Field(0.02, ge=0.0)
+    pretrain_mode: Literal["separate", "joint"] = "separate"
+    pretrain_batch_size: int = Field(64, ge=1)
+    lora_rank: int = Field(0, ge=0)  # 0 = full fine-tune
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # 0 = no EMA
+    checkpoint_every: int = Field(5, ge=1)
+    max_minutes: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> "RLParams":
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rl.tasks names must be unique, got {names}")
+        return self
+
+
+class RewardModelParams(_Section):
+    pairs: int = Field(2000, ge=10)
+    raters: int = Field(5, ge=1)
+    rater_noise: float = Field(1.0, gt=0.0)
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(64, ge=1)
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class ControlParams(_Section):
+    budget: Literal["wall_time", "unet_passes"] = "unet_passes"
+    lr: float = Field(1e-4, gt=0.0)
+
+
+class EvaluateParams(_Section):
+    bootstrap: int = Field(1000, ge=10)
+    diversity_attribute: Literal["colour", "shape", "size"] = "colour"
+
+
+class Params(_Section):
+    seed: int = 0
+    threads: int = Field(1, ge=1, le=64)
+    device: str = "cpu"
+    world: WorldParams = WorldParams()
+    prompts: PromptsParams = PromptsParams()
+    model: ModelParams = ModelParams()
+    pretrain: PretrainParams = PretrainParams()
+    sampling: SamplingParams = SamplingParams()
+    rl: RLParams
+    reward_model: RewardModelParams = RewardModelParams()
+    control: ControlParams = ControlParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the last key of ``loc`` (for "did you mean")."""
+    model: Any = Params
+    for item in loc[:-1]:
+        if isinstance(item, int):
+            continue
+        field = model.model_fields.get(item) if isinstance(model, type) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ()) or ()
+        candidates = [annotation, *args]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = _dotted(loc)
+    if error["type"] == "extra_forbidden":
+        holder = _model_at(loc)
+        known = sorted(holder.model_fields) if holder else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean '{_dotted(loc[:-1] + (close[0],))}'?" if close else ""
+        return f"unknown key '{key}'{hint} (known here: {', '.join(known)})"
+    if error["type"] == "missing":
+        return f"missing key '{key}'"
+    value = error.get("input")
+    return f"'{key}': {error['msg']} (got {value!r})"
+
+
+def parse_params(raw: Any, source: str = "<params>") -> Params:
+    """Validate a loaded YAML mapping; raise ParamsError naming the file and keys."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    _reject_nan(raw, source, ())
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ParamsError(f"{source}: " + "; ".join(lines)) from None
+    check_consistency(params, source)
+    return params
+
+
+def _reject_nan(node: Any, source: str, loc: tuple[Any, ...]) -> None:
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ParamsError(f"{source}: '{_dotted(loc)}' is {node}; expected a finite number")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _reject_nan(value, source, loc + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _reject_nan(value, source, loc + (index,))
+
+
+def check_consistency(params: Params, source: str) -> None:
+    """Cross-key checks that pydantic field constraints cannot express."""
+    from pipeline.rewards.registry import known_rewards
+
+    known = known_rewards()
+    for index, task in enumerate(params.rl.tasks):
+        if task.reward not in known:
+            raise ParamsError(
+                f"{source}: 'rl.tasks[{index}].reward' is {task.reward!r}; known rewards: {', '.join(known)}"
+            )
+        if task.prompts not in PROMPT_TASKS:
+            raise ParamsError(
+                f"{source}: 'rl.tasks[{index}].prompts' is {task.prompts!r}; known corpora: {', '.join(PROMPT_TASKS)}"
+            )
+        if task.advantage == "group" and task.samples_per_prompt < 2:
+            raise ParamsError(
+                f"{source}: 'rl.tasks[{index}].samples_per_prompt' is {task.samples_per_prompt}; "
+                "group advantages need at least 2 samples per prompt"
+            )
+    if params.model.kind == "tiny" and params.world.resolution % 4:
+        raise ParamsError(f"{source}: 'world.resolution' must be a multiple of 4 for the tiny model")
+
+
+PROMPT_TASKS = ("preference", "composition", "diversity")
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))

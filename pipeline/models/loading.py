@@ -1,0 +1,48 @@
+"""Build a new model from params or load a saved one, with errors that name the path."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.config import Params
+from pipeline.models.base import Text2ImageModel
+from pipeline.models.tiny import MODEL_INDEX, TinyText2Image
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder or hub id that cannot be loaded."""
+
+
+def new_tiny_model(params: Params) -> TinyText2Image:
+    from pipeline.world.vocab import vocabulary
+
+    m = params.model
+    return TinyText2Image.from_config(
+        words=vocabulary(), resolution=params.world.resolution, channels=m.channels, text_dim=m.text_dim,
+        text_layers=m.text_layers, heads=m.attention_heads, prediction_type=m.prediction_type,
+        beta_schedule=m.beta_schedule,
+    )
+
+
+def load_model(source: str | Path, params: Params | None = None) -> Text2ImageModel:
+    """Load a saved model folder (tiny or Stable Diffusion layout) or, for SD, a hub id."""
+    path = Path(source)
+    kind = params.model.kind if params else None
+    if path.is_dir() and (path / MODEL_INDEX).is_file():
+        index = json.loads((path / MODEL_INDEX).read_text())
+        kind = index.get("kind", "stable_diffusion" if "_class_name" in index else kind)
+    if kind == "stable_diffusion":
+        from pipeline.models.stable_diffusion import StableDiffusionModel
+
+        return StableDiffusionModel.load(str(source), params)
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: model folder not found (run the stage that writes it, e.g. `dvc repro`)")
+    try:
+        model = TinyText2Image.from_pretrained(path)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot load the model ({type(exc).__name__}: {exc}); "
+                             "the weights are missing or truncated: re-run the stage that writes it") from None
+    if params is not None and model.sample_shape[1] != params.world.resolution:
+        raise ModelLoadError(f"{path}: the model was trained at {model.sample_shape[1]} px but "
+                             f"'world.resolution' is {params.world.resolution}")
+    return model.eval()

@@ -1,0 +1,161 @@
+"""The ordinary diffusion loss (the paper's L_pre) and the loop that pretrains on it.
+
+The same loss serves three callers: the `pretrain` stage, the RL regulariser, and the
+compute-matched `control`, which is the base pretrained on for the budget RL used.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from tqdm.auto import tqdm
+
+from pipeline.checkpoints import load_latest, restore_rng_state, rng_state, save_checkpoint
+from pipeline.models.base import Text2ImageModel
+from pipeline.rl.loss import diffusion_loss
+from pipeline.world.stream import SceneStream
+
+
+def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, timesteps)
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unknown prediction_type {kind!r}")
+
+
+def pretraining_loss(model: Text2ImageModel, images: torch.Tensor, captions: list[str], generator: torch.Generator,
+                     caption_dropout: float = 0.0, embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """E||target - f(x_t, t, c)||^2 on image-caption pairs, with captions dropped to "" at a rate."""
+    x0 = model.from_images(images)
+    batch = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    timesteps = torch.randint(0, model.scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    timesteps = timesteps.to(x0.device)
+    if embeds is None:
+        drop = torch.rand(batch, generator=generator) < caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        embeds = model.encode_prompts(captions)
+    x_t = model.scheduler.add_noise(x0, noise, timesteps)
+    target = diffusion_target(model.scheduler, x0, noise, timesteps)
+    return diffusion_loss(model.predict(x_t, timesteps, embeds), target)
+
+
+class ParameterEMA:
+    """Exponential moving average of parameters; `averaged()` gives a model copy with EMA weights."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in module.parameters()]
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for avg, p in zip(self.shadow, module.parameters()):
+            avg.lerp_(p.detach(), 1.0 - self.decay)
+
+    def averaged(self, module: torch.nn.Module) -> torch.nn.Module:
+        copy_ = copy.deepcopy(module)
+        with torch.no_grad():
+            for p, avg in zip(copy_.parameters(), self.shadow):
+                p.copy_(avg)
+        return copy_
+
+    def state_dict(self):
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state):
+        self.decay = state["decay"]
+        self.shadow = [t.clone() for t in state["shadow"]]
+
+
+@dataclass
+class PretrainResult:
+    model: Text2ImageModel  # EMA weights when EMA is on
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_size: int, lr: float,
+             warmup_steps: int, weight_decay: float, ema_decay: float, caption_dropout: float, seed: int,
+             checkpoint_dir=None, checkpoint_every: int = 500, log_every: int = 50,
+             log_fn=None, progress: bool = True, max_seconds: float | None = None) -> PretrainResult:
+    """Train every parameter of `model` on the scene stream; resumes from `checkpoint_dir` if present.
+
+    `max_seconds` stops early on wall time (the wall-time-matched control); `steps` still sets the
+    learning-rate schedule.
+    """
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
+    ema = ParameterEMA(model, ema_decay) if ema_decay > 0 else None
+    generator = torch.Generator().manual_seed(seed)
+    result, start = PretrainResult(model=model), 0
+    resumed = load_latest(checkpoint_dir) if checkpoint_dir else None
+    if resumed:
+        start, state = resumed
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        stream.load_state_dict(state["stream"])
+        generator.set_state(state["generator"])
+        restore_rng_state(state["rng"])
+        result.losses = state["losses"]
+        if ema:
+            ema.load_state_dict(state["ema"])
+    began, running = time.perf_counter(), []
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="pretrain", disable=not progress)
+    for step in bar:
+        images, captions, _ = stream.next_batch(batch_size)
+        loss = pretraining_loss(model, torch.from_numpy(images), captions, generator, caption_dropout)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if ema:
+            ema.update(model)
+        running.append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            mean = sum(running) / len(running)
+            result.losses.append((step + 1, mean))
+            bar.set_postfix(loss=f"{mean:.4f}")
+            if log_fn:
+                log_fn({"pretrain/loss": mean, "pretrain/lr": schedule.get_last_lr()[0]}, step + 1)
+            running = []
+        if max_seconds is not None and time.perf_counter() - began >= max_seconds:
+            steps = step + 1
+            break
+        if checkpoint_dir and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            save_checkpoint(checkpoint_dir, step + 1, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "stream": stream.state_dict(), "generator": generator.get_state(), "rng": rng_state(),
+                "losses": result.losses, "ema": ema.state_dict() if ema else None,
+            })
+    result.seconds = time.perf_counter() - began
+    result.steps = steps
+    model.eval()
+    result.model = ema.averaged(model) if ema else model
+    return result
+
+
+class StreamBatches:
+    """Image-caption batches for L_pre from a scene stream, as (uint8 tensor, captions); resumable."""
+
+    def __init__(self, stream: SceneStream):
+        self.stream = stream
+
+    def __call__(self, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+        images, captions, _ = self.stream.next_batch(batch_size)
+        return torch.from_numpy(images), captions
+
+    def state_dict(self):
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.stream.load_state_dict(state)

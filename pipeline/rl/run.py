@@ -1,0 +1,92 @@
+"""Build the trainer from params and drive it: iterations, checkpoints, resume, time limit, outputs."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.checkpoints import load_latest, save_checkpoint
+from pipeline.config import Params
+from pipeline.io import read_jsonl
+from pipeline.models.base import Text2ImageModel
+from pipeline.pretraining import StreamBatches
+from pipeline.rewards.registry import RewardContext, build_reward
+from pipeline.rl.trainer import Distributed, RLTrainer, TaskRuntime
+from pipeline.world.stream import SceneStream
+
+PRETRAIN_STREAM_OFFSET = 1_000  # L_pre pairs come from a stream seeded apart from pretraining's
+
+
+def build_tasks(params: Params, prompts_dir: str | Path, reward_model_dir: str | Path | None,
+                reward_options: dict | None = None) -> list[TaskRuntime]:
+    tasks = []
+    for task in params.rl.tasks:
+        context = RewardContext(reward_model_dir=Path(reward_model_dir) if reward_model_dir else None,
+                                device=params.device, options=dict(reward_options or {}))
+        records = read_jsonl(Path(prompts_dir) / f"{task.prompts}.train.jsonl", required=("prompt",))
+        tasks.append(TaskRuntime(task, build_reward(task.reward, context), records))
+    return tasks
+
+
+def build_trainer(model: Text2ImageModel, params: Params, tasks: list[TaskRuntime], dist: Distributed | None = None,
+                  log_fn=None, progress: bool = True) -> RLTrainer:
+    for module in (getattr(model, "text_encoder", None), model.vae):
+        if module is not None:
+            module.requires_grad_(False)
+    stream = SceneStream(params.seed + PRETRAIN_STREAM_OFFSET, params.world.resolution, params.world.two_object_prob)
+    batches = StreamBatches(stream) if params.model.kind == "tiny" else None
+    return RLTrainer(model, tasks, params.rl, params.sampling, params.seed, pretrain_batches=batches, dist=dist,
+                     log_fn=log_fn, progress=progress)
+
+
+def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None, checkpoint_every: int,
+          max_minutes: float | None = None, log_fn: Callable[[dict, int], None] | None = None,
+          progress: bool = True, stop_after: int | None = None) -> dict:
+    """Run until `iterations` (resuming from the newest checkpoint); returns timing and stop reason."""
+    resumed = load_latest(checkpoint_dir) if checkpoint_dir else None
+    if resumed:
+        trainer.load_state_dict(resumed[1])
+    began = time.perf_counter()
+    reason = "iterations"
+    bar = tqdm(total=iterations, initial=trainer.state.iteration, desc="finetune", disable=not progress)
+    while trainer.state.iteration < iterations:
+        rows = trainer.iteration()
+        bar.update(1)
+        bar.set_postfix({r["task"]: f"{r['reward_mean']:.3f}" for r in rows})
+        if log_fn:
+            for row in rows:
+                log_fn({f"{row['task']}/{k}": v for k, v in row.items()
+                        if isinstance(v, (int, float)) and k not in ("iteration",)}, row["iteration"])
+        done = trainer.state.iteration
+        if checkpoint_dir and trainer.dist.is_main and (done % checkpoint_every == 0) and done < iterations:
+            save_checkpoint(checkpoint_dir, done, trainer.state_dict())
+        if stop_after is not None and done >= stop_after:
+            reason = "stop_after"
+            break
+        if max_minutes is not None and (time.perf_counter() - began) / 60 >= max_minutes:
+            reason = "max_minutes"
+            break
+    bar.close()
+    return {"seconds": time.perf_counter() - began, "stopped_by": reason, "resumed_from": resumed[0] if resumed else 0}
+
+
+def summarise(history: list[dict], tail: int = 5) -> dict[str, float]:
+    """Flat, stable keys for dvc metrics: per task the first and last-`tail` reward means."""
+    out: dict[str, float] = {}
+    for task in dict.fromkeys(row["task"] for row in history):
+        rows = [r for r in history if r["task"] == task]
+        last = rows[-tail:]
+        out[f"{task}.reward_first"] = rows[0]["reward_mean"]
+        out[f"{task}.reward_last"] = float(torch.tensor([r["reward_mean"] for r in last]).nanmean())
+        for key in ("approx_kl", "clip_fraction", "grad_norm_rl", "grad_norm_pre"):
+            values = [r[key] for r in last if key in r]
+            if values:
+                out[f"{task}.{key}"] = float(sum(values) / len(values))
+        out[f"{task}.dropped"] = int(sum(r["dropped"] for r in rows))
+    if history:
+        out["iterations"] = history[-1]["iteration"]
+        out["unet_passes"] = history[-1]["unet_passes"]
+    return out

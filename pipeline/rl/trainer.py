@@ -1,0 +1,226 @@
+"""Algorithm 1 of the paper: multi-task clipped policy gradient with the pretraining regulariser.
+
+Each iteration samples every task's trajectories from the current weights (theta_old), then for
+each task in turn scores them, normalises the rewards into advantages, and takes the clipped
+gradient steps on timesteps from the noisy end of the trajectory; then one L_pre step (or L_pre
+added to the RL loss). The trainer knows rewards only through the registry interface.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pipeline.config import RLParams, SamplingParams, TaskParams
+from pipeline.models.base import Text2ImageModel
+from pipeline.pretraining import ParameterEMA, pretraining_loss
+from pipeline.rewards.registry import Reward
+from pipeline.rl.advantages import compute_advantages
+from pipeline.rl.batches import TaskBatch, draw_task_batch
+from pipeline.rl.loss import clipped_policy_loss
+from pipeline.rl.policy import choose_train_steps, recompute_log_probs
+from pipeline.sampling import Trajectory, sample_trajectories
+
+TRAIN_PASS_COST = 3  # a forward+backward UNet pass costs ~3 forward passes (compute budget unit)
+
+
+@dataclass
+class TaskRuntime:
+    params: TaskParams
+    reward: Reward
+    records: list[dict]
+
+
+@dataclass
+class Distributed:
+    """What the trainer needs from a multi-process launcher (accelerate); identity on one process."""
+
+    process_index: int = 0
+    num_processes: int = 1
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+    backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward()
+    clip_grad_norm: Callable | None = None
+    is_main: bool = True
+
+
+@dataclass
+class TrainerState:
+    iteration: int = 0
+    unet_passes: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def _grad_norm(parameters) -> float:
+    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+class RLTrainer:
+    def __init__(self, model: Text2ImageModel, tasks: list[TaskRuntime], rl: RLParams, sampling: SamplingParams,
+                 seed: int, pretrain_batches: Callable[[int], tuple[torch.Tensor, list[str]]] | None = None,
+                 dist: Distributed | None = None, log_fn: Callable[[dict, int], None] | None = None,
+                 progress: bool = True):
+        self.model, self.tasks, self.rl, self.sampling = model, tasks, rl, sampling
+        self.dist = dist or Distributed()
+        self.pretrain_batches = pretrain_batches
+        self.log_fn = log_fn
+        self.progress = progress
+        for index, task in enumerate(tasks):
+            if task.reward.distribution_level and task.params.advantage == "group":
+                raise ValueError(f"rl.tasks[{index}].advantage is 'group' but reward {task.params.reward!r} is "
+                                 "distribution-level (every sample of a prompt gets the same reward, so group "
+                                 "advantages are all zero); use advantage: batch")
+        self.parameters = model.trainable_unet_parameters()
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=rl.lr, betas=(rl.adam_beta1, rl.adam_beta2),
+                                           eps=rl.adam_eps, weight_decay=rl.weight_decay)
+        steps_per_iteration = rl.optimizer_steps * rl.inner_epochs * len(tasks)
+        warmup = max(1, rl.warmup_iterations * steps_per_iteration)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.ema = ParameterEMA(model.unet, rl.ema_decay) if rl.ema_decay > 0 else None
+        self.rng = np.random.default_rng([seed, self.dist.process_index])
+        self.generator = torch.Generator().manual_seed(seed * 7919 + self.dist.process_index)
+        self.state = TrainerState()
+        with torch.no_grad():
+            self.uncond = model.encode_prompts([""]) if sampling.guidance != 1.0 else None
+
+    # -- one iteration ---------------------------------------------------------------------------
+    def sample_task(self, task: TaskRuntime, index: int) -> tuple[TaskBatch, Trajectory]:
+        p = task.params
+        batch = draw_task_batch(task.records, self.rng, prompts_per_iteration=p.prompts_per_iteration,
+                                samples_per_prompt=p.samples_per_prompt, share_group_noise=self.rl.share_group_noise,
+                                group_offset=self.dist.process_index * p.prompts_per_iteration)
+        self.model.eval()
+        traj = sample_trajectories(self.model, batch.prompts, batch.seeds, init_seeds=batch.init_seeds,
+                                   steps=self.sampling.steps, guidance=self.sampling.guidance, eta=self.rl.eta,
+                                   clamp_x0=self.rl.clamp_x0, uncond=self.uncond)
+        cfg = 2 if self.uncond is not None else 1
+        self.state.unet_passes += len(batch.prompts) * self.sampling.steps * cfg
+        return batch, traj
+
+    def score(self, task: TaskRuntime, batch: TaskBatch, traj: Trajectory):
+        rewards = task.reward(traj.images, batch.prompts, batch.metadata).detach().float().cpu()
+        local = slice(self.dist.process_index * len(rewards), (self.dist.process_index + 1) * len(rewards))
+        return rewards, compute_advantages(rewards, task.params.advantage, batch.group_ids, clip=self.rl.adv_clip,
+                                           gather=self.dist.gather, local_slice=local)
+
+    def train_task(self, traj: Trajectory, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+        rl, n = self.rl, len(traj)
+        stochastic = traj.log_probs.abs().sum(0) != 0
+        stats = {"approx_kl": [], "clip_fraction": [], "ratio_mean": [], "grad_norm_rl": [], "loss_rl": []}
+        self.model.train()
+        for _ in range(rl.inner_epochs):
+            steps = choose_train_steps(n, traj.log_probs.shape[1], rl.timestep_window, rl.train_timesteps,
+                                       self.generator, stochastic)
+            order = torch.randperm(n, generator=self.generator)
+            for minibatch in order.chunk(rl.optimizer_steps):
+                samples = minibatch[:, None].expand(-1, steps.shape[1]).reshape(-1)
+                chosen = steps[minibatch].reshape(-1)
+                log_prob = recompute_log_probs(self.model, traj, samples, chosen, uncond=self.uncond,
+                                               guidance=self.sampling.guidance, eta=rl.eta, clamp_x0=rl.clamp_x0)
+                out = clipped_policy_loss(log_prob, traj.log_probs[samples, chosen], advantages[samples],
+                                          rl.clip_range, mask=valid[samples])
+                loss = out.loss
+                if self.pretrain_batches and rl.pretrain_mode == "joint" and rl.pretrain_beta > 0:
+                    loss = loss + rl.pretrain_beta * self._pretrain_loss()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.dist.backward(loss)
+                stats["grad_norm_rl"].append(self._clip())
+                self.optimizer.step()
+                self.schedule.step()
+                if self.ema:
+                    self.ema.update(self.model.unet)
+                cfg = 2 if self.uncond is not None else 1
+                self.state.unet_passes += TRAIN_PASS_COST * len(samples) * cfg
+                for key, value in (("approx_kl", out.approx_kl), ("clip_fraction", out.clip_fraction),
+                                   ("ratio_mean", out.ratio_mean), ("loss_rl", float(out.loss))):
+                    stats[key].append(value)
+        return {key: float(np.mean(values)) for key, values in stats.items()}
+
+    def _clip(self) -> float:
+        if self.dist.clip_grad_norm is not None:
+            return float(self.dist.clip_grad_norm(self.parameters, self.rl.max_grad_norm))
+        return float(torch.nn.utils.clip_grad_norm_(self.parameters, self.rl.max_grad_norm))
+
+    def _pretrain_loss(self) -> torch.Tensor:
+        images, captions = self.pretrain_batches(self.rl.pretrain_batch_size)
+        with torch.no_grad():
+            embeds = self.model.encode_prompts(captions)
+        self.state.unet_passes += TRAIN_PASS_COST * len(captions)
+        return pretraining_loss(self.model, images, captions, self.generator, embeds=embeds)
+
+    def pretrain_step(self) -> dict[str, float]:
+        """Algorithm 1's separate L_pre step with weight beta; logs the gradient norm of beta * L_pre."""
+        if not self.pretrain_batches or self.rl.pretrain_beta <= 0 or self.rl.pretrain_mode != "separate":
+            return {}
+        self.model.train()
+        loss = self._pretrain_loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.dist.backward(self.rl.pretrain_beta * loss)
+        norm = self._clip()
+        self.optimizer.step()
+        if self.ema:
+            self.ema.update(self.model.unet)
+        return {"loss_pre": float(loss), "grad_norm_pre": norm}
+
+    def iteration(self) -> list[dict]:
+        began = time.perf_counter()
+        sampled = [self.sample_task(task, i) for i, task in enumerate(self.tasks)]
+        rows = []
+        for task, (batch, traj) in zip(self.tasks, sampled):
+            task_began = time.perf_counter()
+            rewards, adv = self.score(task, batch, traj)
+            finite = rewards[torch.isfinite(rewards)]
+            row = {"iteration": self.state.iteration + 1, "task": task.params.name,
+                   "reward_mean": float(finite.mean()) if finite.numel() else math.nan,
+                   "reward_std": float(finite.std(unbiased=False)) if finite.numel() else math.nan,
+                   "dropped": adv.n_dropped}
+            if not bool(adv.valid.any()):
+                warnings.warn(f"iteration {row['iteration']}, task {task.params.name}: no finite reward; "
+                              "skipping its update", RuntimeWarning)
+                row["skipped"] = 1
+            else:
+                row.update(self.train_task(traj, adv.advantages, adv.valid))
+                row["skipped"] = 0
+            row["seconds"] = time.perf_counter() - task_began
+            rows.append(row)
+        pre = self.pretrain_step()
+        self.state.iteration += 1
+        for row in rows:
+            row.update(pre)
+            row["iteration_seconds"] = time.perf_counter() - began
+            row["unet_passes"] = self.state.unet_passes
+        self.state.history.extend(rows)
+        return rows
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        from pipeline.checkpoints import rng_state
+
+        return {"unet": self.model.unet.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+                "rng": self.rng.bit_generator.state, "generator": self.generator.get_state(),
+                "global_rng": rng_state(), "state": self.state,
+                "pretrain_batches": getattr(self.pretrain_batches, "state_dict", lambda: None)()}
+
+    def load_state_dict(self, state: dict) -> None:
+        from pipeline.checkpoints import restore_rng_state
+
+        self.model.unet.load_state_dict(state["unet"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.ema and state["ema"]:
+            self.ema.load_state_dict(state["ema"])
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        restore_rng_state(state["global_rng"])
+        self.state = state["state"]
+        if state.get("pretrain_batches") is not None:
+            self.pretrain_batches.load_state_dict(state["pretrain_batches"])
+
+    def final_unet(self) -> torch.nn.Module:
+        return self.ema.averaged(self.model.unet) if self.ema else self.model.unet

@@ -1,0 +1,38 @@
+"""Shared stage plumbing: argument parsing, params loading, one-line errors, tracking."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+import pipeline  # noqa: F401  (sets OMP_WAIT_POLICY and analytics defaults before torch loads)
+from pipeline.config import Params, ParamsError, load_params
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, ValueError, KeyError)
+
+
+def parser(stage: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m stages.{stage}", description=description)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def load(args: argparse.Namespace) -> Params:
+    from pipeline.runtime import configure
+
+    params = load_params(args.params)
+    configure(params.seed, params.threads)
+    return params
+
+
+def run_main(stage: str, body: Callable[[], None]) -> None:
+    """Run a stage body; a user error becomes one line on stderr and exit code 2."""
+    from pipeline.checkpoints import CheckpointError
+    from pipeline.models.loading import ModelLoadError
+
+    try:
+        body()
+    except (*USER_ERRORS, ModelLoadError, CheckpointError) as exc:
+        print(f"error: stage {stage}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,73 @@
+"""Stage `control`: the compute-matched control — the base pretrained on for the budget RL used.
+
+On an under-trained base, plain pretraining improves the same metrics RL does (STACK.md), so every
+RL gain is reported beside this model. Budget `unet_passes` (default, deterministic) converts the
+UNet forward-equivalents `finetune` spent into pretraining steps; `wall_time` trains for the same
+seconds.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from stages._cli import load, parser, run_main
+
+CONTROL_STREAM_OFFSET = 2_000  # fresh pretraining data, apart from the base's and L_pre's streams
+
+
+def control_steps(budget: dict, batch_size: int) -> int:
+    from pipeline.rl.trainer import TRAIN_PASS_COST
+
+    return max(1, math.ceil(budget["unet_passes"] / (TRAIN_PASS_COST * batch_size)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("control", __doc__)
+    p.add_argument("--base", default="data/models/base")
+    p.add_argument("--budget", default="data/metrics/budget.json", help="finetune's budget.json")
+    p.add_argument("--out", default="data/models/control")
+    p.add_argument("--metrics", default="data/metrics/control.json")
+    p.add_argument("--checkpoints", default="checkpoints")
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        import json
+
+        from pipeline.io import atomic_path, write_json
+        from pipeline.models.loading import load_model
+        from pipeline.pretraining import pretrain
+        from pipeline.stage_lib import folder_fingerprint, run_key
+        from pipeline.tracking import StageRun
+        from pipeline.world.stream import SceneStream
+
+        params = load(args)
+        if not Path(args.budget).is_file():
+            raise FileNotFoundError(f"{args.budget}: finetune's budget file not found (run `dvc repro finetune`)")
+        budget = json.loads(Path(args.budget).read_text())
+        pt = params.pretrain
+        steps = control_steps(budget, pt.batch_size)
+        wall = params.control.budget == "wall_time"
+        key = run_key("control", params.seed, params.control, pt, budget if wall else budget["unet_passes"],
+                      folder_fingerprint(args.base))
+        model = load_model(args.base, params)
+        stream = SceneStream(params.seed + CONTROL_STREAM_OFFSET, params.world.resolution, params.world.two_object_prob)
+        with StageRun("control", params.model_dump(mode="json")) as run:
+            result = pretrain(model, stream, steps=steps, batch_size=pt.batch_size, lr=params.control.lr,
+                              warmup_steps=0, weight_decay=pt.weight_decay, ema_decay=pt.ema_decay,
+                              caption_dropout=pt.caption_dropout, seed=params.seed + CONTROL_STREAM_OFFSET,
+                              checkpoint_dir=None if wall else Path(args.checkpoints) / key,
+                              checkpoint_every=pt.checkpoint_every, log_every=pt.log_every, log_fn=run.log_metrics,
+                              progress=not args.no_progress, max_seconds=budget["seconds"] if wall else None)
+            with atomic_path(Path(args.out), directory=True) as tmp:
+                result.model.save_pretrained(tmp)
+            metrics = {"steps": result.steps, "budget": params.control.budget,
+                       "unet_passes": 3 * result.steps * pt.batch_size, "rl_unet_passes": budget["unet_passes"]}
+            write_json(args.metrics, metrics)
+            run.log_metrics({"steps": result.steps, "seconds": result.seconds})
+        print(f"control: {metrics}")
+
+    run_main("control", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Stage `finetune`: RL fine-tune the base model on the tasks in `rl.tasks` (Algorithm 1).
+
+Resumes from the newest checkpoint in --checkpoints (outside DVC outputs, keyed by the params
+that shape the run). Writes the fine-tuned model, train.json (flat final metrics), train.csv
+(one row per iteration and task) and budget.json (UNet passes and seconds, for `control`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages._cli import load, parser, run_main
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("finetune", __doc__)
+    p.add_argument("--base", default="data/models/base", help="base model folder (or SD hub id/path)")
+    p.add_argument("--prompts", default="data/prompts")
+    p.add_argument("--reward-model", default="data/models/reward", help="learned preference model folder")
+    p.add_argument("--out", default="data/models/rl")
+    p.add_argument("--metrics", default="data/metrics/train.json")
+    p.add_argument("--plots", default="data/plots/train.csv")
+    p.add_argument("--budget", default="data/metrics/budget.json")
+    p.add_argument("--checkpoints", default="checkpoints")
+    p.add_argument("--stop-after", type=int, default=None, help="stop after this many iterations (testing resume)")
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        import pandas as pd
+
+        from pipeline.io import atomic_path, write_json, write_text
+        from pipeline.models.loading import load_model
+        from pipeline.rl.run import build_tasks, build_trainer, summarise, train
+        from pipeline.stage_lib import folder_fingerprint, run_key
+        from pipeline.tracking import StageRun
+
+        params = load(args)
+        tasks = build_tasks(params, args.prompts, args.reward_model)
+        model = load_model(args.base, params)
+        key = run_key("finetune", params.seed, params.rl, params.sampling, params.world, folder_fingerprint(args.base))
+        with StageRun("finetune", params.model_dump(mode="json")) as run:
+            trainer = build_trainer(model, params, tasks, progress=not args.no_progress)
+            timing = train(trainer, params.rl.iterations, Path(args.checkpoints) / key, params.rl.checkpoint_every,
+                           max_minutes=params.rl.max_minutes, log_fn=run.log_metrics,
+                           progress=not args.no_progress, stop_after=args.stop_after)
+            if timing["stopped_by"] == "stop_after":
+                print(f"finetune: stopped after iteration {trainer.state.iteration} as asked; outputs not written")
+                return
+            history = trainer.state.history
+            metrics = summarise(history)
+            model.unet = trainer.final_unet()
+            with atomic_path(Path(args.out), directory=True) as tmp:
+                model.save_pretrained(tmp)
+            write_json(args.metrics, metrics)
+            write_text(args.plots, pd.DataFrame(history).to_csv(index=False))
+            write_json(args.budget, {"unet_passes": trainer.state.unet_passes, "seconds": timing["seconds"],
+                                     "iterations": trainer.state.iteration, "stopped_by": timing["stopped_by"]})
+            run.log_metrics(metrics)
+            for path in (args.metrics, args.plots):
+                run.log_artifact(path)
+        print(f"finetune: {metrics}")
+
+    run_main("finetune", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Stage `pretrain`: pretrain the tiny base model on the shapes-world stream, then measure it.
+
+Writes the model (diffusers/transformers `save_pretrained` layout) and pretrain.json: the loss
+and detector accuracy of DDIM samples on the eval prompts, single- and two-object. Resumes from
+its checkpoints (kept outside DVC outputs, keyed by the params that shape training).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages._cli import load, parser, run_main
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("pretrain", __doc__)
+    p.add_argument("--prompts", default="data/prompts", help="prompt corpora folder (eval prompts)")
+    p.add_argument("--out", default="data/models/base", help="model output folder")
+    p.add_argument("--metrics", default="data/metrics/pretrain.json")
+    p.add_argument("--checkpoints", default="checkpoints", help="checkpoint root (not a DVC output)")
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        from pipeline.io import atomic_path, write_json
+        from pipeline.stage_lib import evaluate_accuracy, run_key
+        from pipeline.models.loading import new_tiny_model
+        from pipeline.pretraining import pretrain
+        from pipeline.tracking import StageRun
+        from pipeline.world.stream import SceneStream
+
+        params = load(args)
+        if params.model.kind != "tiny":
+            raise ValueError("stage pretrain trains the tiny model only; with model.kind 'stable_diffusion' "
+                             "the base is model.pretrained (use stages.link_base)")
+        pt = params.pretrain
+        key = run_key("pretrain", params.seed, params.world, params.model, pt)
+        with StageRun("pretrain", params.model_dump(mode="json")) as run:
+            model = new_tiny_model(params)
+            stream = SceneStream(params.seed, params.world.resolution, params.world.two_object_prob)
+            result = pretrain(model, stream, steps=pt.steps, batch_size=pt.batch_size, lr=pt.lr,
+                              warmup_steps=pt.warmup_steps, weight_decay=pt.weight_decay, ema_decay=pt.ema_decay,
+                              caption_dropout=pt.caption_dropout, seed=params.seed,
+                              checkpoint_dir=Path(args.checkpoints) / key, checkpoint_every=pt.checkpoint_every,
+                              log_every=pt.log_every, log_fn=run.log_metrics, progress=not args.no_progress)
+            accuracy = evaluate_accuracy(result.model, args.prompts, params, progress=not args.no_progress)
+            metrics = {"loss": result.losses[-1][1] if result.losses else float("nan"), "steps": result.steps,
+                       **accuracy}
+            with atomic_path(Path(args.out), directory=True) as tmp:
+                result.model.save_pretrained(tmp)
+            write_json(args.metrics, metrics)
+            run.log_metrics({**accuracy, "seconds": result.seconds})
+            run.log_artifact(args.metrics)
+        print(f"pretrain: {metrics} in {result.seconds / 60:.1f} min")
+
+    run_main("pretrain", body)
+
+
+if __name__ == "__main__":
+    main()

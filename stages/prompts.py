@@ -1,0 +1,36 @@
+"""Stage `prompts`: write the prompt corpora per task with train/eval splits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages._cli import load, parser, run_main
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("prompts", __doc__)
+    p.add_argument("--out", default="data/prompts", help="output folder")
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        from pipeline.io import atomic_path, write_json, write_jsonl
+        from pipeline.prompts import CORPORA, build_corpus, check_no_leak
+
+        params = load(args)
+        with atomic_path(Path(args.out), directory=True) as out:
+            manifest = {}
+            for task in CORPORA:
+                corpus = build_corpus(task, params.prompts, params.seed)
+                if corpus.disjoint:
+                    check_no_leak(corpus.train, corpus.eval, f"{args.out}/{task}")
+                write_jsonl(out / f"{task}.train.jsonl", corpus.train)
+                write_jsonl(out / f"{task}.eval.jsonl", corpus.eval)
+                manifest[task] = {"train": len(corpus.train), "eval": len(corpus.eval),
+                                  "eval_unseen": sum(r["unseen"] for r in corpus.eval), "disjoint": corpus.disjoint}
+            write_json(out / "manifest.json", manifest)
+        print(f"prompts: {manifest}")
+
+    run_main("prompts", body)
+
+
+if __name__ == "__main__":
+    main()

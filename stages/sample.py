@@ -1,0 +1,39 @@
+"""Stages `sample_base`, `sample_rl`, `sample_control`: sample every eval prompt x seed with a model.
+
+Noise is fixed by (prompt, seed), so the three models are compared on identical pairs.
+"""
+from __future__ import annotations
+
+from stages._cli import load, parser, run_main
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("sample", __doc__)
+    p.add_argument("--model", required=True, help="model folder (or hub id for Stable Diffusion)")
+    p.add_argument("--prompts", default="data/prompts", help="prompt corpora folder")
+    p.add_argument("--out", required=True, help="output folder: PNGs + index.jsonl")
+    p.add_argument("--name", default=None, help="stage name for tracking (default: sample_<out folder name>)")
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        from pathlib import Path
+
+        from pipeline.models.loading import load_model
+        from pipeline.samples import eval_rows, sample_rows, write_samples
+        from pipeline.tracking import StageRun
+
+        params = load(args)
+        rows = eval_rows(args.prompts, params)
+        model = load_model(args.model, params)
+        name = args.name or f"sample_{Path(args.out).name}"
+        with StageRun(name, params.model_dump(mode="json")) as run:
+            images = sample_rows(model, rows, params, progress=not args.no_progress)
+            write_samples(args.out, rows, images)
+            run.log_metrics({"images": len(rows)})
+        print(f"{name}: {len(rows)} images -> {args.out}")
+
+    run_main("sample", body)
+
+
+if __name__ == "__main__":
+    main()

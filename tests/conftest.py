@@ -1,0 +1,47 @@
+"""Test environment: offline hubs, 1 thread, local tracking stores, no analytics."""
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import pipeline  # noqa: E402,F401
+
+torch.set_num_threads(1)
+SMOKE_PARAMS = Path(__file__).parent / "params.smoke.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking(tmp_path_factory, monkeypatch):
+    """Every test logs to its own SQLite MLflow store unless it sets MLFLOW_TRACKING_URI itself."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+
+
+@pytest.fixture
+def smoke_params():
+    from pipeline.config import load_params
+
+    return load_params(SMOKE_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory():
+    def make(resolution: int = 24, prediction_type: str = "v_prediction", seed: int = 0):
+        from pipeline.models.tiny import TinyText2Image
+        from pipeline.world.vocab import vocabulary
+
+        torch.manual_seed(seed)
+        return TinyText2Image.from_config(words=vocabulary(), resolution=resolution, channels=(8, 16, 16),
+                                          text_dim=16, text_layers=1, heads=2, prediction_type=prediction_type).eval()
+
+    return make
