@@ -13,13 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.errors import CheckpointError
 from pipeline.io import atomic_path
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that exists but cannot be used."""
 
 
 def rng_state() -> dict[str, Any]:

@@ -261,7 +261,7 @@ def check_consistency(params: Params, source: str) -> None:
         raise ParamsError(f"{source}: 'world.resolution' must be a multiple of 4 for the tiny model")
 
 
-PROMPT_TASKS = ("preference", "composition", "diversity")
+PROMPT_TASKS = ("preference", "composition", "diversity", "single")
 
 
 def load_params(path: str | Path) -> Params:

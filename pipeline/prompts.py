@@ -18,7 +18,7 @@ from pipeline.world.scene import ObjectSpec, PromptSpec
 from pipeline.world.vocab import COLOURS, CONJUNCTION, RELATIONS, SHAPES, SIZES
 
 RECORD_KEYS = ("prompt", "task", "spec", "unseen")
-CORPORA = PROMPT_TASKS + ("single",)
+CORPORA = PROMPT_TASKS
 
 
 def _objects() -> list[ObjectSpec]:

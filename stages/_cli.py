@@ -19,20 +19,22 @@ def parser(stage: str, description: str) -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace) -> Params:
+    params = load_params(args.params)  # validate before torch is even imported
     from pipeline.runtime import configure
 
-    params = load_params(args.params)
     configure(params.seed, params.threads)
     return params
 
 
-def run_main(stage: str, body: Callable[[], None]) -> None:
-    """Run a stage body; a user error becomes one line on stderr and exit code 2."""
-    from pipeline.checkpoints import CheckpointError
-    from pipeline.models.loading import ModelLoadError
+def run_main(stage: str, args: argparse.Namespace, body: Callable[[Params], None]) -> None:
+    """Validate params (before any heavy import), then run the stage body.
+
+    A user error becomes one line on stderr and exit code 2.
+    """
+    from pipeline.errors import CheckpointError, ModelLoadError
 
     try:
-        body()
+        body(load(args))
     except (*USER_ERRORS, ModelLoadError, CheckpointError) as exc:
         print(f"error: stage {stage}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

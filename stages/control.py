@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from stages._cli import load, parser, run_main
+from stages._cli import parser, run_main
 
 CONTROL_STREAM_OFFSET = 2_000  # fresh pretraining data, apart from the base's and L_pre's streams
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoints", default="checkpoints")
     args = p.parse_args(argv)
 
-    def body() -> None:
+    def body(params) -> None:
         import json
 
         from pipeline.io import atomic_path, write_json
@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.tracking import StageRun
         from pipeline.world.stream import SceneStream
 
-        params = load(args)
         if not Path(args.budget).is_file():
             raise FileNotFoundError(f"{args.budget}: finetune's budget file not found (run `dvc repro finetune`)")
         budget = json.loads(Path(args.budget).read_text())
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             run.log_metrics({"steps": result.steps, "seconds": result.seconds})
         print(f"control: {metrics}")
 
-    run_main("control", body)
+    run_main("control", args, body)
 
 
 if __name__ == "__main__":

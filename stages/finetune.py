@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages._cli import load, parser, run_main
+from stages._cli import parser, run_main
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many iterations (testing resume)")
     args = p.parse_args(argv)
 
-    def body() -> None:
+    def body(params) -> None:
         import pandas as pd
 
         from pipeline.io import atomic_path, write_json, write_text
@@ -33,7 +33,6 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.stage_lib import folder_fingerprint, run_key
         from pipeline.tracking import StageRun
 
-        params = load(args)
         tasks = build_tasks(params, args.prompts, args.reward_model)
         model = load_model(args.base, params)
         key = run_key("finetune", params.seed, params.rl, params.sampling, params.world, folder_fingerprint(args.base))
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
                 run.log_artifact(path)
         print(f"finetune: {metrics}")
 
-    run_main("finetune", body)
+    run_main("finetune", args, body)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages._cli import load, parser, run_main
+from stages._cli import parser, run_main
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoints", default="checkpoints", help="checkpoint root (not a DVC output)")
     args = p.parse_args(argv)
 
-    def body() -> None:
+    def body(params) -> None:
         from pipeline.io import atomic_path, write_json
         from pipeline.stage_lib import evaluate_accuracy, run_key
         from pipeline.models.loading import new_tiny_model
@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.tracking import StageRun
         from pipeline.world.stream import SceneStream
 
-        params = load(args)
         if params.model.kind != "tiny":
             raise ValueError("stage pretrain trains the tiny model only; with model.kind 'stable_diffusion' "
                              "the base is model.pretrained (use stages.link_base)")
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             run.log_artifact(args.metrics)
         print(f"pretrain: {metrics} in {result.seconds / 60:.1f} min")
 
-    run_main("pretrain", body)
+    run_main("pretrain", args, body)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages._cli import load, parser, run_main
+from stages._cli import parser, run_main
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -11,11 +11,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="data/prompts", help="output folder")
     args = p.parse_args(argv)
 
-    def body() -> None:
+    def body(params) -> None:
         from pipeline.io import atomic_path, write_json, write_jsonl
         from pipeline.prompts import CORPORA, build_corpus, check_no_leak
 
-        params = load(args)
         with atomic_path(Path(args.out), directory=True) as out:
             manifest = {}
             for task in CORPORA:
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
             write_json(out / "manifest.json", manifest)
         print(f"prompts: {manifest}")
 
-    run_main("prompts", body)
+    run_main("prompts", args, body)
 
 
 if __name__ == "__main__":

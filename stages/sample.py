@@ -4,7 +4,7 @@ Noise is fixed by (prompt, seed), so the three models are compared on identical 
 """
 from __future__ import annotations
 
-from stages._cli import load, parser, run_main
+from stages._cli import parser, run_main
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,14 +15,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", default=None, help="stage name for tracking (default: sample_<out folder name>)")
     args = p.parse_args(argv)
 
-    def body() -> None:
+    def body(params) -> None:
         from pathlib import Path
 
         from pipeline.models.loading import load_model
         from pipeline.samples import eval_rows, sample_rows, write_samples
         from pipeline.tracking import StageRun
 
-        params = load(args)
         rows = eval_rows(args.prompts, params)
         model = load_model(args.model, params)
         name = args.name or f"sample_{Path(args.out).name}"
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
             run.log_metrics({"images": len(rows)})
         print(f"{name}: {len(rows)} images -> {args.out}")
 
-    run_main("sample", body)
+    run_main("sample", args, body)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,17 @@ def tiny_model_factory():
                                           text_dim=16, text_layers=1, heads=2, prediction_type=prediction_type).eval()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smoke_workspace(tmp_path_factory):
+    """Prompts and a smoke-pretrained base model, built once per session by the real stages."""
+    from stages import pretrain as pretrain_stage
+    from stages import prompts as prompts_stage
+
+    root = tmp_path_factory.mktemp("smoke")
+    prompts_stage.main(["--params", str(SMOKE_PARAMS), "--out", str(root / "prompts")])
+    pretrain_stage.main(["--params", str(SMOKE_PARAMS), "--prompts", str(root / "prompts"), "--out",
+                         str(root / "base"), "--metrics", str(root / "pretrain.json"), "--checkpoints",
+                         str(root / "checkpoints"), "--no-progress"])
+    return root

@@ -5,12 +5,9 @@ import json
 from pathlib import Path
 
 from pipeline.config import Params
+from pipeline.errors import ModelLoadError
 from pipeline.models.base import Text2ImageModel
 from pipeline.models.tiny import MODEL_INDEX, TinyText2Image
-
-
-class ModelLoadError(RuntimeError):
-    """A model folder or hub id that cannot be loaded."""
 
 
 def new_tiny_model(params: Params) -> TinyText2Image:

@@ -8,9 +8,10 @@ import abc
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _REWARDS: dict[str, str] = {
     "composition": "pipeline.rewards.composition:CompositionReward",
@@ -49,7 +50,7 @@ class Reward(abc.ABC):
         return cls()
 
     @abc.abstractmethod
-    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> torch.Tensor: ...
+    def __call__(self, images: "torch.Tensor", prompts: list[str], metadata: list[dict]) -> "torch.Tensor": ...
 
 
 def known_rewards() -> list[str]:

@@ -137,7 +137,7 @@ class RLTrainer:
                 cfg = 2 if self.uncond is not None else 1
                 self.state.unet_passes += TRAIN_PASS_COST * len(samples) * cfg
                 for key, value in (("approx_kl", out.approx_kl), ("clip_fraction", out.clip_fraction),
-                                   ("ratio_mean", out.ratio_mean), ("loss_rl", float(out.loss))):
+                                   ("ratio_mean", out.ratio_mean), ("loss_rl", out.loss.item())):
                     stats[key].append(value)
         return {key: float(np.mean(values)) for key, values in stats.items()}
 
@@ -165,7 +165,7 @@ class RLTrainer:
         self.optimizer.step()
         if self.ema:
             self.ema.update(self.model.unet)
-        return {"loss_pre": float(loss), "grad_norm_pre": norm}
+        return {"loss_pre": loss.item(), "grad_norm_pre": norm}
 
     def iteration(self) -> list[dict]:
         began = time.perf_counter()

@@ -1,0 +1,90 @@
+"""params.yaml validation: errors name the file and dotted key, say what was expected, suggest typos."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ParamsError, load_params
+from tests.conftest import SMOKE_PARAMS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path, mutate) -> Path:
+    raw = yaml.safe_load(SMOKE_PARAMS.read_text())
+    mutate(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _error(tmp_path, mutate) -> str:
+    with pytest.raises(ParamsError) as info:
+        load_params(_write(tmp_path, mutate))
+    return str(info.value)
+
+
+def test_default_and_smoke_params_load():
+    assert load_params(ROOT / "params.yaml").rl.tasks
+    assert load_params(SMOKE_PARAMS).sampling.steps == 4
+
+
+def test_unknown_key_with_typo_suggestion(tmp_path):
+    message = _error(tmp_path, lambda raw: raw["rl"].update(learning_rate=1e-4, lr_warmup=3))
+    assert "bad.yaml" in message and "unknown key 'rl.learning_rate'" in message
+    message = _error(tmp_path, lambda raw: raw["pretrain"].update(stpes=3))
+    assert "did you mean 'pretrain.steps'?" in message
+
+
+def test_wrong_type(tmp_path):
+    message = _error(tmp_path, lambda raw: raw["pretrain"].update(batch_size="sixty-four"))
+    assert "'pretrain.batch_size'" in message and "integer" in message and "sixty-four" in message
+
+
+def test_out_of_range(tmp_path):
+    message = _error(tmp_path, lambda raw: raw["rl"].update(lr=-1e-4))
+    assert "'rl.lr'" in message and "greater than 0" in message
+
+
+def test_nan_rejected(tmp_path):
+    message = _error(tmp_path, lambda raw: raw["rl"].update(clip_range=float("nan")))
+    assert "'rl.clip_range'" in message and "finite" in message
+
+
+def test_unknown_reward_lists_known(tmp_path):
+    message = _error(tmp_path, lambda raw: raw["rl"]["tasks"][0].update(reward="aesthetics"))
+    assert "'rl.tasks[0].reward'" in message and "composition" in message and "diversity" in message
+
+
+def test_nested_list_key_path(tmp_path):
+    message = _error(tmp_path, lambda raw: raw["rl"]["tasks"][0].update(samples_per_prompt=0))
+    assert "'rl.tasks[0].samples_per_prompt'" in message
+
+
+def test_empty_task_list(tmp_path):
+    message = _error(tmp_path, lambda raw: raw["rl"].update(tasks=[]))
+    assert "'rl.tasks'" in message and "at least 1" in message
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("rl: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_stage_fails_fast_with_one_line_and_no_output(tmp_path):
+    params = _write(tmp_path, lambda raw: raw["rl"].update(lr="fast"))
+    started = time.time()
+    result = subprocess.run([sys.executable, "-m", "stages.prompts", "--params", str(params), "--out",
+                             str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
+    assert time.time() - started < 5 + 10  # interpreter start + imports; the check itself is instant
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: stage prompts:")
+    assert "'rl.lr'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,48 @@
+"""The tiny model: real diffusers/transformers classes, save_pretrained/from_pretrained round trip."""
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel
+
+from pipeline.errors import ModelLoadError
+from pipeline.models.loading import load_model
+
+
+def test_round_trip_gives_identical_outputs(tiny_model_factory, tmp_path):
+    model = tiny_model_factory(seed=3)
+    assert isinstance(model.unet, UNet2DConditionModel) and isinstance(model.text_encoder, CLIPTextModel)
+    assert isinstance(model.scheduler, DDIMScheduler) and model.vae is None
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = model.predict(x, torch.tensor([10, 900]), model.encode_prompts(["a red circle", "a blue shape"]))
+        b = loaded.predict(x, torch.tensor([10, 900]), loaded.encode_prompts(["a red circle", "a blue shape"]))
+    assert torch.equal(a, b)
+    assert loaded.scheduler.config.prediction_type == "v_prediction"
+
+
+def test_tokenizer_is_word_level(tiny_model_factory):
+    tokenizer = tiny_model_factory().tokenizer
+    ids = tokenizer("a red circle left of a blue square")["input_ids"]
+    assert len(ids) == 8 + 2  # one token a word plus <bos>/<eos>
+    assert tokenizer.unk_token_id not in ids
+
+
+def test_pooled_embedding_is_token_zero(tiny_model_factory):
+    model = tiny_model_factory()
+    embeds = model.encode_prompts(["a red circle", ""])
+    assert embeds.shape == (2, 17, 16)
+    out = model.text_encoder(**model.tokenizer(["a red circle"], padding="max_length", max_length=16,
+                                              return_tensors="pt"))
+    assert torch.allclose(embeds[0, 0], out.pooler_output[0], atol=1e-6)
+
+
+def test_truncated_weights_error_names_the_folder(tiny_model_factory, tmp_path):
+    tiny_model_factory().save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match=str(tmp_path / "m")):
+        load_model(tmp_path / "m")
+    with pytest.raises(ModelLoadError, match="model folder not found"):
+        load_model(tmp_path / "missing")

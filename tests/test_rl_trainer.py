@@ -1,0 +1,117 @@
+"""The RL trainer end to end on the smoke profile: resume after SIGKILL is bitwise, bad rewards are skipped."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.config import load_params, parse_params
+from pipeline.models.loading import load_model
+from pipeline.rewards.registry import Reward
+from pipeline.rl.run import build_trainer
+from pipeline.rl.trainer import TaskRuntime
+from tests.conftest import SMOKE_PARAMS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _params_file(tmp_path: Path, **rl_overrides) -> Path:
+    raw = yaml.safe_load(SMOKE_PARAMS.read_text())
+    raw["rl"].update(rl_overrides)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _finetune_args(ws: Path, params: Path, out: Path) -> list[str]:
+    return ["--params", str(params), "--base", str(ws / "base"), "--prompts", str(ws / "prompts"),
+            "--reward-model", str(ws / "no-reward-model"), "--out", str(out / "rl"), "--metrics",
+            str(out / "train.json"), "--plots", str(out / "train.csv"), "--budget", str(out / "budget.json"),
+            "--checkpoints", str(out / "checkpoints"), "--no-progress"]
+
+
+def test_resume_after_sigkill_is_bitwise_equal(smoke_workspace, tmp_path):
+    from stages import finetune
+
+    params = _params_file(tmp_path, iterations=4, checkpoint_every=1)
+    finetune.main(_finetune_args(smoke_workspace, params, tmp_path / "straight"))
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.finetune", *_finetune_args(smoke_workspace, params, killed)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list((killed / "checkpoints").glob("*/step-000002.pt")) and time.time() < deadline:
+        assert proc.poll() is None, "finetune exited before it was killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "rl").exists(), "a killed run must not leave a model output"
+    finetune.main(_finetune_args(smoke_workspace, params, killed))
+
+    a = (tmp_path / "straight" / "rl" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    b = (killed / "rl" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert a == b
+    assert (tmp_path / "straight" / "train.csv").read_text() != ""
+    straight = (tmp_path / "straight" / "train.json").read_text()
+    assert straight == (killed / "train.json").read_text()
+
+
+class _NaNReward(Reward):
+    name, task = "nan", "composition"
+
+    def __call__(self, images, prompts, metadata):
+        return torch.full((len(prompts),), float("nan"))
+
+
+def test_iteration_with_no_finite_reward_is_skipped(smoke_workspace):
+    params = load_params(SMOKE_PARAMS)
+    model = load_model(smoke_workspace / "base", params)
+    records = [{"prompt": "a red circle left of a blue square", "spec": None}]
+    trainer = build_trainer(model, params, [TaskRuntime(params.rl.tasks[0], _NaNReward(), records)], progress=False)
+    trainer.rl = trainer.rl.model_copy(update={"pretrain_beta": 0.0})
+    before = [p.detach().clone() for p in model.unet.parameters()]
+    with pytest.warns(RuntimeWarning, match="no finite reward"):
+        rows = trainer.iteration()
+    assert rows[0]["skipped"] == 1 and rows[0]["dropped"] == 4
+    assert all(torch.equal(a, b) for a, b in zip(before, model.unet.parameters()))
+
+
+def test_distribution_level_reward_rejects_group_advantages(smoke_workspace):
+    raw = yaml.safe_load(SMOKE_PARAMS.read_text())
+    raw["rl"]["tasks"] = [{"name": "diversity", "reward": "diversity", "prompts": "diversity",
+                           "samples_per_prompt": 2, "prompts_per_iteration": 2, "advantage": "group"}]
+    params = parse_params(raw)
+    from pipeline.rl.run import build_tasks
+
+    tasks = build_tasks(params, smoke_workspace / "prompts", None)
+    with pytest.raises(ValueError, match=r"rl.tasks\[0\].advantage"):
+        build_trainer(load_model(smoke_workspace / "base", params), params, tasks, progress=False)
+
+
+def test_joint_three_task_training_runs(smoke_workspace, tmp_path):
+    from stages import finetune
+
+    raw = yaml.safe_load(SMOKE_PARAMS.read_text())
+    raw["rl"]["iterations"] = 1
+    raw["rl"]["tasks"] = [
+        {"name": "composition", "reward": "composition", "prompts": "composition", "samples_per_prompt": 2,
+         "prompts_per_iteration": 2, "advantage": "group"},
+        {"name": "diversity", "reward": "diversity", "prompts": "diversity", "samples_per_prompt": 4,
+         "prompts_per_iteration": 2, "advantage": "batch"},
+        {"name": "area", "reward": "area", "prompts": "single", "samples_per_prompt": 2,
+         "prompts_per_iteration": 2, "advantage": "group"},
+    ]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    finetune.main(_finetune_args(smoke_workspace, params, tmp_path))
+    import pandas as pd
+
+    history = pd.read_csv(tmp_path / "train.csv")
+    assert list(history["task"]) == ["composition", "diversity", "area"]
+    assert history["reward_mean"].notna().all()
