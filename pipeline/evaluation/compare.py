@@ -1,0 +1,227 @@
+"""Base vs control vs RL on identical (task, prompt, seed) pairs: the `evaluate` stage's work.
+
+`evaluate_models` returns a flat dict of floats with dotted keys (eval.json) and the rows of the
+win-rate and composition plot tables. Every estimate carries a 95% bootstrap interval over
+prompts (`<key>_ci_low`, `<key>_ci_high`); bootstrap streams are seeded from `params.seed` and
+the key, so a re-run gives the same numbers.
+
+Splits: win rates per prompt task and pooled over all pairs; composition over the fully specified
+corpora (`single`, `composition`), all / seen / unseen colour-shape combinations, single- and
+two-object; diversity over the `diversity` corpus (several seeds per under-specified prompt).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.evaluation import judges
+from pipeline.evaluation.metrics import (attribute_balance, bootstrap_mean, composition_scores,
+                                         mean_pairwise_distance, stable_seed, win_outcomes, win_rate)
+from pipeline.io import write_json, write_text
+from pipeline.rewards.diversity import open_attribute, read_attribute, spec_of
+from pipeline.samples import read_samples
+
+MODELS = ("base", "control", "rl")
+REQUIRED = ("base", "rl")
+COMPARISONS = (("rl", "base"), ("control", "base"), ("rl", "control"))
+COMPOSITION_TASKS = ("single", "composition")
+DIVERSITY_TASK = "diversity"
+WIN_COLUMNS = ("comparison", "task", "win_rate", "ci_low", "ci_high", "judge")
+COMPOSITION_COLUMNS = ("model", "split", "exact", "claim_score", "ci_low", "ci_high")
+# (key split, object-count prefix) -> composition.csv split name; ci_low/ci_high are exact's interval.
+CSV_SPLITS = {("", ""): "all", ("", "single_"): "single", ("", "two_"): "two", ("seen.", ""): "seen",
+              ("unseen.", ""): "unseen"}
+
+
+def pair_key(row: dict) -> tuple:
+    return row["task"], row["prompt"], int(row["seed"])
+
+
+@dataclass
+class Aligned:
+    """Rows (from base) and each model's images, aligned on (task, prompt, seed)."""
+
+    rows: list[dict]
+    images: dict[str, np.ndarray]
+    specs: list = field(init=False)
+    prompts: np.ndarray = field(init=False)  # per row, its (task, prompt) cluster name
+
+    def __post_init__(self):
+        self.specs = [spec_of(r["prompt"], r) for r in self.rows]
+        self.prompts = np.array([f"{r['task']}|{r['prompt']}" for r in self.rows])
+
+    def subset(self, mask: np.ndarray) -> "Aligned":
+        mask = np.asarray(mask, dtype=bool)
+        return Aligned([r for r, m in zip(self.rows, mask) if m], {k: v[mask] for k, v in self.images.items()})
+
+    def where_task(self, *tasks: str) -> "Aligned":
+        return self.subset(np.array([r["task"] in tasks for r in self.rows], dtype=bool))
+
+
+def load_models(samples_dir: str | Path) -> Aligned:
+    """Read `<samples_dir>/{base,control,rl}` and align them; control is optional (warns if missing)."""
+    samples_dir = Path(samples_dir)
+    loaded = {}
+    for name in MODELS:
+        folder = samples_dir / name
+        if not folder.is_dir():
+            if name in REQUIRED:
+                raise FileNotFoundError(f"{folder}: sample folder not found (run `dvc repro sample_{name}`)")
+            warnings.warn(f"{folder} is missing: control comparisons are omitted", RuntimeWarning, stacklevel=2)
+            continue
+        loaded[name] = read_samples(folder)
+    return align(loaded)
+
+
+def align(loaded: dict[str, tuple[list[dict], np.ndarray]]) -> Aligned:
+    """Keep the (task, prompt, seed) pairs every model has, in base's order; warn about dropped ones."""
+    indexes = {name: {pair_key(r): i for i, r in enumerate(rows)} for name, (rows, _) in loaded.items()}
+    base_rows = loaded["base"][0]
+    common = [k for k in indexes["base"] if all(k in index for index in indexes.values())]
+    if not common:
+        raise ValueError("the sample sets share no (task, prompt, seed) pair; were they sampled from the same prompts?")
+    dropped = max(len(index) for index in indexes.values()) - len(common)
+    if dropped:
+        warnings.warn(f"{dropped} sample(s) lack a counterpart in every model and are left out", RuntimeWarning,
+                      stacklevel=2)
+    images = {name: loaded[name][1][[indexes[name][k] for k in common]] for name in loaded}
+    return Aligned([base_rows[indexes["base"][k]] for k in common], images)
+
+
+class Evaluation:
+    """Accumulates estimates into the flat metrics dict; bootstrap seeds come from params.seed and the key."""
+
+    def __init__(self, params):
+        self.params = params
+        self.metrics: dict[str, float] = {}
+        self.win_rows: list[dict] = []
+        self.composition_rows: list[dict] = []
+
+    def estimate(self, key: str, values, clusters, contrast=None):
+        est = bootstrap_mean(values, clusters, self.params.evaluate.bootstrap,
+                             stable_seed("bootstrap", self.params.seed, key), contrast)
+        self.metrics.update(est.flat(key))
+        return est
+
+    def win_rates(self, data: Aligned, comparison: str, outcomes: np.ndarray, judge: str, prefix: str) -> None:
+        scopes = [(task, np.array([r["task"] == task for r in data.rows])) for task in _tasks(data.rows)]
+        for scope, mask in scopes + [("pooled", np.ones(len(data.rows), dtype=bool))]:
+            key = f"{prefix}.{comparison}.{scope}"
+            est = win_rate(outcomes[mask], data.prompts[mask], self.params.evaluate.bootstrap,
+                           stable_seed("bootstrap", self.params.seed, key))
+            self.metrics.update(est.flat(key))
+            self.win_rows.append({"comparison": comparison, "task": scope, "win_rate": est.value,
+                                  "ci_low": est.low, "ci_high": est.high, "judge": judge})
+
+
+def _tasks(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["task"] for r in rows))
+
+
+def _comparisons(data: Aligned) -> list[tuple[str, str, str]]:
+    return [(a, b, f"{a}_vs_{b}") for a, b in COMPARISONS if a in data.images and b in data.images]
+
+
+def add_quality(ev: Evaluation, data: Aligned, panel) -> None:
+    for model, images in data.images.items():
+        ev.estimate(f"quality.{model}", judges.panel_utility(panel, images, data.specs), data.prompts)
+
+
+def add_win_rates(ev: Evaluation, data: Aligned, panel, learned) -> None:
+    """Panel win rates; with a learned judge, its win rates and the over-optimisation gap (learned - panel)."""
+    scores = {m: judges.learned_scores(learned, im, data.rows) for m, im in data.images.items()} if learned else {}
+    for index, (a, b, name) in enumerate(_comparisons(data)):
+        seed = judges.judge_seed(ev.params.seed) + index
+        panel_won = judges.panel_outcomes(panel, data.images[a], data.images[b], data.specs, seed)
+        ev.win_rates(data, name, panel_won, "panel", "win_rate")
+        if learned:
+            learned_won = win_outcomes(scores[a], scores[b])
+            ev.win_rates(data, name, learned_won, "learned", "win_rate_learned")
+            ev.estimate(f"overopt_gap.{name}", np.stack([learned_won, panel_won], 1), data.prompts, (1.0, -1.0))
+
+
+def add_composition(ev: Evaluation, data: Aligned) -> None:
+    """Exact accuracy and claim score per model, overall / seen / unseen, single- and two-object."""
+    data = data.where_task(*COMPOSITION_TASKS)
+    if not data.rows:
+        return
+    two = np.array([len(s.objects) == 2 for s in data.specs])
+    unseen = np.array([bool(r.get("unseen", False)) for r in data.rows])
+    splits = {"": np.ones(len(two), dtype=bool), "seen.": ~unseen, "unseen.": unseen}
+    for model, images in data.images.items():
+        scores = composition_scores(images, data.specs)
+        for split, mask in splits.items():
+            if not mask.any():
+                continue
+            prefix = f"composition.{model}.{split}"
+            ev.metrics[f"{prefix}n"] = float(mask.sum())
+            for kind, part in (("", mask), ("single_", mask & ~two), ("two_", mask & two)):
+                if not part.any():
+                    continue
+                exact = ev.estimate(f"{prefix}{kind}exact", scores["exact"][part], data.prompts[part])
+                claim = ev.estimate(f"{prefix}{kind}claim_score", scores["claim_score"][part], data.prompts[part])
+                label = CSV_SPLITS.get((split, kind))
+                if label:
+                    ev.composition_rows.append({"model": model, "split": label, "exact": exact.value,
+                                                "claim_score": claim.value, "ci_low": exact.low, "ci_high": exact.high})
+            both = mask & two & (scores["objects"] > 0)
+            if (mask & two).any():
+                ev.metrics[f"{prefix}two_objects_right"] = float(scores["objects"][mask & two].mean())
+                ev.metrics[f"{prefix}two_relation_given_objects"] = (
+                    float(scores["relation"][both].mean()) if both.any() else 0.0)
+
+
+def add_diversity(ev: Evaluation, data: Aligned) -> None:
+    """Per under-specified prompt: parity and entropy of the detected attribute, pairwise image distance."""
+    data = data.where_task(DIVERSITY_TASK)
+    if not data.rows:
+        return
+    preferred = ev.params.evaluate.diversity_attribute
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(data.prompts):
+        groups.setdefault(prompt, []).append(i)
+    for model, images in data.images.items():
+        per_prompt = []
+        for indices in groups.values():
+            attribute = open_attribute(data.specs[indices[0]], preferred)
+            values = [read_attribute(images[i], attribute) for i in indices]
+            per_prompt.append((*attribute_balance(values, attribute), mean_pairwise_distance(images[indices])))
+        table = np.asarray(per_prompt)
+        ev.metrics[f"diversity.{model}.prompts"] = float(len(groups))
+        for column, name in enumerate(("parity", "entropy", "pairwise_distance")):
+            ev.estimate(f"diversity.{model}.{name}", table[:, column], None)
+
+
+def evaluate_models(data: Aligned, params, reward_model_dir: str | Path | None = None) -> Evaluation:
+    """Every metric of the `evaluate` stage on aligned sample sets."""
+    ev = Evaluation(params)
+    panel = judges.judge_panel(params)
+    learned = judges.load_learned_judge(reward_model_dir)
+    add_win_rates(ev, data, panel, learned)
+    add_composition(ev, data)
+    add_diversity(ev, data)
+    add_quality(ev, data, panel)
+    ev.metrics["pairs"] = float(len(data.rows))
+    return ev
+
+
+def csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """CSV with a header; floats written with 6 significant digits."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def write_evaluation(ev: Evaluation, metrics_path: str | Path, plots_dir: str | Path) -> None:
+    """eval.json (flat, sorted keys) and `<plots_dir>/{win_rate,composition}.csv`, each written atomically."""
+    write_json(metrics_path, {k: round(float(v), 6) for k, v in sorted(ev.metrics.items())})
+    write_text(Path(plots_dir) / "win_rate.csv", csv_text(ev.win_rows, WIN_COLUMNS))
+    write_text(Path(plots_dir) / "composition.csv", csv_text(ev.composition_rows, COMPOSITION_COLUMNS))

@@ -1,0 +1,53 @@
+"""Stage `report`: `index.html` (self-contained, readable offline) and `report.md` from metrics, curves and samples.
+
+A summary of base vs control vs RL with 95% intervals, the win-rate chart, reward curves, image
+grids for the same prompts and seeds, the over-optimisation gap, optionally several runs side by
+side (`--runs NAME=eval.json ...` or `dvc exp show --json` output), and the params, git commit and
+MLflow run ids.
+"""
+from __future__ import annotations
+
+import os
+
+from stages._cli import parser, run_main
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("report", __doc__)
+    p.add_argument("--metrics", default="data/metrics", help="folder with eval.json, train.json, pretrain.json")
+    p.add_argument("--plots", default="data/plots", help="folder with train.csv")
+    p.add_argument("--samples", default="data/samples", help="folder with base/, control/, rl/ samples")
+    p.add_argument("--out", default="data/report", help="output folder (index.html, report.md, PNGs)")
+    p.add_argument("--runs", nargs="*", default=[], metavar="[NAME=]PATH",
+                   help="other runs' eval.json files or `dvc exp show --json` output, for a runs table")
+    p.add_argument("--mlflow-run-ids", nargs="*", default=None,
+                   help="MLflow run ids to list (default: $MLFLOW_RUN_IDS, comma-separated)")
+    args = p.parse_args(argv)
+
+    def body(params) -> None:
+        from pathlib import Path
+
+        from pipeline.report import build_document, load_inputs, write_report
+        from pipeline.report.inputs import read_runs
+        from pipeline.tracking import StageRun, git_commit
+
+        inputs = load_inputs(args.metrics, args.plots, args.samples)
+        inputs.runs = read_runs(args.runs)
+        inputs.params_text = Path(args.params).read_text()
+        ids = args.mlflow_run_ids
+        if ids is None:
+            ids = [i for i in os.environ.get("MLFLOW_RUN_IDS", "").split(",") if i.strip()]
+        with StageRun("report", params.model_dump(mode="json")) as run:
+            inputs.provenance = {"git commit": git_commit(), "params file": str(args.params),
+                                 "MLflow run ids": ", ".join(ids) or "—",
+                                 "MLflow report run": run.run_id or "— (not tracked)",
+                                 "MLflow pipeline run": run.parent_id or "—"}
+            write_report(build_document(inputs), args.out)
+            run.log_artifact(args.out, "report")
+        print(f"report: {args.out}/index.html and report.md")
+
+    run_main("report", args, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Headless Chromium for page checks (the report, the MLflow UI), driven by selenium.
+
+`open_page(url_or_path, screenshot=None)` loads a page, waits for it and its images, and returns
+(console errors, per-image info, visible text). `require_chromium()` skips a test when Chromium
+or its driver is missing, except in CI (`CI` set), where a missing browser fails the test.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+FLAGS = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--window-size=1280,900")
+IMAGES_JS = """return Array.from(document.images).map(i => ({
+  src: i.getAttribute('src').slice(0, 80), complete: i.complete,
+  naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight}));"""
+MAX_SCREENSHOT_HEIGHT = 12000
+
+
+def chromium_paths() -> tuple[str | None, str | None]:
+    """(browser, driver) executables, or None where missing."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    return browser, shutil.which("chromedriver")
+
+
+def require_chromium() -> tuple[str, str]:
+    """The browser and driver paths; skip (locally) or fail (CI) when either or selenium is missing."""
+    browser, driver = chromium_paths()
+    missing = [name for name, path in (("chromium", browser), ("chromedriver", driver)) if path is None]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip)")
+    if missing:
+        message = f"headless browser check needs {', '.join(missing)} (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return browser, driver
+
+
+def _as_url(url_or_path: str | Path) -> str:
+    text = str(url_or_path)
+    return text if "://" in text else Path(text).resolve().as_uri()
+
+
+def _wait(driver, condition_js: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if driver.execute_script(condition_js):
+            return
+        time.sleep(0.1)
+
+
+def open_page(url_or_path: str | Path, screenshot: str | Path | None = None, timeout_s: float = 20.0,
+              settle_s: float = 0.0) -> tuple[list[str], list[dict], str]:
+    """Load a page in headless Chromium; return (console errors, images info, page text).
+
+    Console errors are the browser log's SEVERE entries (script errors, failed loads). Images info
+    has per <img>: src (first 80 characters), complete, naturalWidth, naturalHeight. With
+    `screenshot`, a full-page PNG (capped in height) is written there. `settle_s` waits that long
+    after load for client-side rendering (single-page apps).
+    """
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    browser, driver_path = require_chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        driver.set_page_load_timeout(timeout_s)
+        driver.get(_as_url(url_or_path))
+        _wait(driver, "return document.readyState === 'complete' && "
+                      "Array.from(document.images).every(i => i.complete);", timeout_s)
+        if settle_s:
+            time.sleep(settle_s)
+        images = driver.execute_script(IMAGES_JS)
+        text = driver.find_element(By.TAG_NAME, "body").text
+        errors = [entry["message"] for entry in driver.get_log("browser") if entry.get("level") == "SEVERE"]
+        if screenshot is not None:
+            height = driver.execute_script("return document.documentElement.scrollHeight;")
+            driver.set_window_size(1280, max(600, min(int(height) + 100, MAX_SCREENSHOT_HEIGHT)))
+            driver.save_screenshot(str(screenshot))
+        return errors, images, text
+    finally:
+        driver.quit()

@@ -1,0 +1,228 @@
+"""Evaluation metrics on constructed cases, and the `evaluate` stage end to end on rendered sample sets."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluation import judges
+from pipeline.evaluation.metrics import (attribute_balance, bootstrap_mean, max_parity, mean_pairwise_distance,
+                                         win_outcomes, win_rate)
+from tests.conftest import SMOKE_PARAMS
+
+SEEDS = (0, 1)
+DIVERSITY_SEEDS = 4
+
+
+# -- sample sets from world renders (not a diffusion model) ---------------------------------------
+def eval_rows(params) -> list[dict]:
+    """The stage's eval rows for the smoke corpora, with 2 seeds (4 for diversity prompts)."""
+    from pipeline.prompts import build_corpus
+    from pipeline.samples import EVAL_CORPORA, noise_seed
+
+    rows = []
+    for task in EVAL_CORPORA:
+        records = build_corpus(task, params.prompts, params.seed).eval
+        for index, record in enumerate(records):
+            for seed in range(DIVERSITY_SEEDS) if task == "diversity" else SEEDS:
+                rows.append({"task": task, "prompt": record["prompt"], "spec": record["spec"],
+                             "unseen": record["unseen"], "prompt_index": index, "seed": seed,
+                             "noise_seed": noise_seed(record["prompt"], seed)})
+    return rows
+
+
+def renders(rows: list[dict], corrupt: bool = False) -> torch.Tensor:
+    """A scene satisfying each row's spec, drawn from its noise seed; `corrupt`: about half of them blank."""
+    from pipeline.world import PromptSpec, render, sample_scene
+    from pipeline.world.vocab import BACKGROUND
+
+    images = []
+    for row in rows:
+        scene = sample_scene(np.random.default_rng(row["noise_seed"]), PromptSpec.from_dict(row["spec"]))
+        image = render(scene, 24)
+        if corrupt and np.random.default_rng([row["noise_seed"], 1]).random() < 0.5:
+            image = np.full_like(image, BACKGROUND)
+        images.append(image)
+    return torch.from_numpy(np.stack(images))
+
+
+def build_samples(root: Path, params, control: bool = True) -> Path:
+    """`root/samples/{base,control,rl}`: RL and control are clean renders (identical), base is corrupted."""
+    from pipeline.samples import write_samples
+
+    rows = eval_rows(params)
+    clean = renders(rows)
+    write_samples(root / "samples" / "base", rows, renders(rows, corrupt=True))
+    write_samples(root / "samples" / "rl", rows, clean)
+    if control:
+        write_samples(root / "samples" / "control", rows, clean)
+    return root / "samples"
+
+
+def build_reward_model(folder: Path) -> Path:
+    """A tiny, untrained preference model saved where the stage expects the learned judge."""
+    from pipeline.rewards.preference import PreferenceModel
+
+    torch.manual_seed(0)
+    PreferenceModel(channels=(4, 8), embed_dim=8, hidden=8).save_pretrained(folder)
+    return folder
+
+
+def run_evaluate(root: Path, samples: Path, reward: Path, name: str = "eval") -> dict:
+    from stages import evaluate
+
+    metrics = root / f"{name}.json"
+    evaluate.main(["--params", str(SMOKE_PARAMS), "--samples", str(samples), "--reward-model", str(reward),
+                   "--metrics", str(metrics), "--plots", str(root / f"plots_{name}"), "--no-progress"])
+    return json.loads(metrics.read_text())
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    from pipeline.config import load_params
+
+    root = tmp_path_factory.mktemp("evaluate")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        samples = build_samples(root, load_params(SMOKE_PARAMS))
+        metrics = run_evaluate(root, samples, build_reward_model(root / "reward"))
+        yield root, samples, metrics
+
+
+# -- metrics on constructed cases ----------------------------------------------------------------
+def test_identical_sample_sets_win_half_by_both_judges():
+    from pipeline.config import load_params
+
+    params = load_params(SMOKE_PARAMS)
+    rows = eval_rows(params)[:12]
+    images = renders(rows).numpy()
+    specs = [r["spec"] for r in rows]
+    outcomes = judges.panel_outcomes(judges.judge_panel(params), images, images, specs, seed=1)
+    assert np.all(outcomes == 0.5)
+    assert win_rate(outcomes, resamples=50).value == 0.5
+    scores = np.random.default_rng(0).normal(size=12)
+    assert win_rate(win_outcomes(scores, scores), resamples=50) == win_rate(np.full(12, 0.5), resamples=50)
+
+
+def test_a_set_that_always_wins_has_win_rate_one():
+    est = win_rate(win_outcomes([3.0, 2.0, 5.0, 1.0], [1.0, 0.0, 4.0, 0.5]), resamples=100)
+    assert (est.value, est.low, est.high) == (1.0, 1.0, 1.0)
+    assert win_rate(win_outcomes([0.0, 1.0], [1.0, 1.0]), resamples=10).value == 0.25  # a loss and a tie
+    with pytest.raises(ValueError):
+        win_rate([1.5])
+
+
+def test_parity_is_zero_for_uniform_and_maximal_for_a_collapsed_attribute():
+    colours = ["red", "green", "blue", "yellow"]
+    parity, entropy = attribute_balance(colours * 3, "colour")
+    assert parity == pytest.approx(0.0) and entropy == pytest.approx(1.0)
+    parity, entropy = attribute_balance(["red"] * 12, "colour")
+    assert parity == pytest.approx(max_parity(4)) == pytest.approx(0.75) and entropy == 0.0
+    assert attribute_balance(["circle", "square"] * 2, "shape")[0] > 0  # triangles missing
+
+
+def test_bootstrap_interval_covers_the_truth_on_simulated_bernoulli_data():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for trial in range(100):
+        est = win_rate(rng.random(100) < 0.7, resamples=200, seed=trial)
+        covered += est.low <= 0.7 <= est.high
+        assert est.low <= est.value <= est.high
+    assert covered >= 90
+
+
+def test_cluster_bootstrap_resamples_prompts_not_samples():
+    # Two prompts, 50 identical outcomes each: the prompt is the unit, so the interval spans both extremes.
+    values = np.r_[np.zeros(50), np.ones(50)]
+    clustered = bootstrap_mean(values, ["a"] * 50 + ["b"] * 50, resamples=200, seed=0)
+    independent = bootstrap_mean(values, None, resamples=200, seed=0)
+    assert clustered.value == independent.value == 0.5
+    assert clustered.high - clustered.low > 2 * (independent.high - independent.low)
+    gap = bootstrap_mean(np.stack([values, values], 1), None, resamples=50, contrast=(1.0, -1.0))
+    assert (gap.value, gap.low, gap.high) == (0.0, 0.0, 0.0)
+
+
+def test_pairwise_distance_and_judge_seed():
+    black, white = np.zeros((1, 4, 4, 3), np.uint8), np.full((1, 4, 4, 3), 255, np.uint8)
+    assert mean_pairwise_distance(np.concatenate([black, black])) == 0.0
+    assert mean_pairwise_distance(np.concatenate([black, white, white])) == pytest.approx(2 / 3)
+    from pipeline.rewards.panel import PANEL_SEED
+    from pipeline.rewards.preference import label_seed
+
+    for seed in (0, 1, PANEL_SEED - judges.JUDGE_SEED_OFFSET):
+        assert judges.judge_seed(seed) not in (PANEL_SEED, label_seed(seed))
+
+
+# -- the stage end to end --------------------------------------------------------------------------
+def test_evaluate_writes_flat_metrics_in_range(evaluated):
+    _, _, m = evaluated
+    assert all(isinstance(v, float) for v in m.values()) and not any(isinstance(v, dict) for v in m.values())
+    for key in ("win_rate.rl_vs_base.pooled", "win_rate.rl_vs_base.pooled_ci_low", "win_rate.control_vs_base.single",
+                "win_rate_learned.rl_vs_base.pooled", "overopt_gap.rl_vs_base", "composition.rl.two_exact",
+                "composition.rl.unseen.exact", "composition.base.seen.single_exact", "diversity.rl.parity",
+                "diversity.rl.entropy", "diversity.rl.pairwise_distance", "quality.rl", "quality.control_ci_high"):
+        assert key in m, key
+    for key, value in m.items():
+        if key.startswith(("win_rate", "composition", "diversity.")) and not key.endswith((".n", ".prompts")):
+            assert 0.0 <= value <= 1.0, key
+        if key + "_ci_low" in m:
+            assert m[key + "_ci_low"] <= value + 1e-9 <= m[key + "_ci_high"] + 2e-9, key
+
+
+def test_evaluate_ranks_the_corrupted_model_last(evaluated):
+    _, _, m = evaluated
+    # RL and control are identical: exact ties for both judges, zero gap.
+    assert m["win_rate.rl_vs_control.pooled"] == m["win_rate_learned.rl_vs_control.pooled"] == 0.5
+    assert m["overopt_gap.rl_vs_control"] == 0.0
+    # About half of base's images are blank: it loses, scores lower, and the clean renders are near-perfect.
+    assert m["win_rate.rl_vs_base.pooled"] > 0.6 and m["win_rate.rl_vs_base.pooled_ci_low"] > 0.5
+    assert m["win_rate.rl_vs_base.pooled_ci_high"] > m["win_rate.rl_vs_base.pooled_ci_low"]
+    assert m["quality.rl"] > m["quality.base"]
+    assert m["composition.rl.exact"] >= 0.9 > 0.8 > m["composition.base.exact"]
+    assert m["composition.rl.claim_score"] > m["composition.base.claim_score"]
+    assert m["diversity.rl.pairwise_distance"] > 0
+
+
+def test_evaluate_plot_tables(evaluated):
+    root, _, m = evaluated
+    with open(root / "plots_eval" / "win_rate.csv") as handle:
+        wins = list(csv.DictReader(handle))
+    assert list(wins[0]) == ["comparison", "task", "win_rate", "ci_low", "ci_high", "judge"]
+    pooled = [r for r in wins if r["comparison"] == "rl_vs_base" and r["task"] == "pooled" and r["judge"] == "panel"]
+    assert float(pooled[0]["win_rate"]) == pytest.approx(m["win_rate.rl_vs_base.pooled"], abs=1e-5)
+    assert {r["judge"] for r in wins} == {"panel", "learned"}
+    with open(root / "plots_eval" / "composition.csv") as handle:
+        comp = list(csv.DictReader(handle))
+    assert list(comp[0]) == ["model", "split", "exact", "claim_score", "ci_low", "ci_high"]
+    assert {(r["model"], r["split"]) for r in comp} >= {("rl", s) for s in ("all", "single", "two", "seen", "unseen")}
+
+
+def test_evaluate_without_reward_model_or_control_omits_those_keys(evaluated):
+    root, samples, _ = evaluated
+    partial = root / "partial"
+    for name in ("base", "rl"):
+        shutil.copytree(samples / name, partial / name)
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        m = run_evaluate(root, partial, root / "no-such-reward", name="partial")
+    messages = " ".join(str(w.message) for w in caught)
+    assert "no reward model" in messages and "control" in messages
+    assert "win_rate.rl_vs_base.pooled" in m and "quality.base" in m
+    assert not [k for k in m if "learned" in k or "overopt" in k or "control" in k]
+
+
+def test_evaluate_rejects_unpaired_sample_sets():
+    from pipeline.evaluation.compare import align
+
+    rows = [{"task": "single", "prompt": "a red circle", "seed": 0}]
+    other = [{"task": "single", "prompt": "a red circle", "seed": 1}]
+    image = np.zeros((1, 4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="share no"):
+        align({"base": (rows, image), "rl": (other, image)})
