@@ -106,6 +106,14 @@ class Trajectory:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    @classmethod
+    def cat(cls, parts: list["Trajectory"]) -> "Trajectory":
+        """Several batches of the same sampler settings as one batch (e.g. gathered from processes)."""
+        return cls(prompts=[p for part in parts for p in part.prompts],
+                   latents=torch.cat([p.latents for p in parts]), timesteps=parts[0].timesteps,
+                   log_probs=torch.cat([p.log_probs for p in parts]), embeds=torch.cat([p.embeds for p in parts]),
+                   images=torch.cat([p.images for p in parts]))
+
 
 def seeded_noise(seeds: list[int], shape: tuple[int, ...], device, dtype=torch.float32) -> torch.Tensor:
     """One independent normal draw per seed, so a sample's noise depends on its seed alone."""

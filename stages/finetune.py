@@ -11,6 +11,21 @@ from pathlib import Path
 from stages._cli import parser, run_main
 
 
+class _Untracked:
+    """Stands in for the MLflow run on non-main processes: only the main process tracks."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def log_metrics(self, *args, **kwargs):
+        pass
+
+    log_artifact = log_metrics
+
+
 def main(argv: list[str] | None = None) -> None:
     p = parser("finetune", __doc__)
     p.add_argument("--base", default="data/models/base", help="base model folder (or SD hub id/path)")
@@ -29,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
 
         from pipeline.io import atomic_path, write_json, write_text
         from pipeline.models.loading import load_model
+        from pipeline.rl.distributed import setup_distributed
         from pipeline.rl.run import build_tasks, build_trainer, summarise, train
         from pipeline.stage_lib import folder_fingerprint, run_key
         from pipeline.tracking import StageRun
@@ -36,13 +52,18 @@ def main(argv: list[str] | None = None) -> None:
         tasks = build_tasks(params, args.prompts, args.reward_model)
         model = load_model(args.base, params)
         key = run_key("finetune", params.seed, params.rl, params.sampling, params.world, folder_fingerprint(args.base))
-        with StageRun("finetune", params.model_dump(mode="json")) as run:
-            trainer = build_trainer(model, params, tasks, progress=not args.no_progress)
+        dist = setup_distributed(model, params.device)
+        tracker = StageRun("finetune", params.model_dump(mode="json")) if dist.is_main else _Untracked()
+        with tracker as run:
+            trainer = build_trainer(model, params, tasks, dist=dist, progress=not args.no_progress)
             timing = train(trainer, params.rl.iterations, Path(args.checkpoints) / key, params.rl.checkpoint_every,
                            max_minutes=params.rl.max_minutes, log_fn=run.log_metrics,
                            progress=not args.no_progress, stop_after=args.stop_after)
             if timing["stopped_by"] == "stop_after":
                 print(f"finetune: stopped after iteration {trainer.state.iteration} as asked; outputs not written")
+                return
+            dist.barrier()
+            if not dist.is_main:  # only the main process writes outputs and tracking
                 return
             history = trainer.state.history
             metrics = summarise(history)

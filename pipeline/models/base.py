@@ -45,6 +45,15 @@ class Text2ImageModel(nn.Module, abc.ABC):
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the model in diffusers/transformers `save_pretrained` layout."""
 
+    def wrap_denoiser(self, wrapped: nn.Module) -> None:
+        """Run the UNet through a wrapper (DDP) while `unet` stays the plain module for configs/saving."""
+        object.__setattr__(self, "_denoiser", wrapped)  # not registered: state_dict stays the plain model's
+
+    @property
+    def denoiser(self) -> nn.Module:
+        wrapped = self.__dict__.get("_denoiser")
+        return self.unet if wrapped is None else wrapped
+
     def trainable_unet_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.unet.parameters() if p.requires_grad]
 

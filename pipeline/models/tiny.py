@@ -100,7 +100,7 @@ class TinyText2Image(Text2ImageModel):
 
     def predict(self, sample, timesteps, embeds):
         timesteps = torch.as_tensor(timesteps, device=sample.device).expand(sample.shape[0])
-        return self.unet(sample, timesteps, encoder_hidden_states=embeds, class_labels=embeds[:, 0]).sample
+        return self.denoiser(sample, timesteps, encoder_hidden_states=embeds, class_labels=embeds[:, 0]).sample
 
     @property
     def sample_shape(self):

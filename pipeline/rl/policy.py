@@ -26,6 +26,8 @@ def choose_train_steps(n_samples: int, n_steps: int, window: float, per_sample: 
 def recompute_log_probs(model: Text2ImageModel, traj: Trajectory, samples: torch.Tensor, steps: torch.Tensor, *,
                         uncond: torch.Tensor | None, guidance: float, eta: float, clamp_x0: bool) -> torch.Tensor:
     """log p_theta(x_{t-1} | x_t, c) for the (sample, step) pairs given as flat index tensors, in one call."""
+    if model.scheduler.num_inference_steps != len(traj.timesteps):  # the transition's step size
+        model.scheduler.set_timesteps(len(traj.timesteps), device=traj.latents.device)
     x_t = traj.latents[samples, steps]
     x_prev = traj.latents[samples, steps + 1]
     timesteps = traj.timesteps[steps]

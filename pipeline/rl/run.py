@@ -46,12 +46,15 @@ def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None
           max_minutes: float | None = None, log_fn: Callable[[dict, int], None] | None = None,
           progress: bool = True, stop_after: int | None = None) -> dict:
     """Run until `iterations` (resuming from the newest checkpoint); returns timing and stop reason."""
+    if checkpoint_dir and trainer.dist.num_processes > 1:  # every process resumes its own RNG streams
+        checkpoint_dir = Path(checkpoint_dir) / f"process-{trainer.dist.process_index}"
     resumed = load_latest(checkpoint_dir) if checkpoint_dir else None
     if resumed:
         trainer.load_state_dict(resumed[1])
     began = time.perf_counter()
     reason = "iterations"
-    bar = tqdm(total=iterations, initial=trainer.state.iteration, desc="finetune", disable=not progress)
+    bar = tqdm(total=iterations, initial=trainer.state.iteration, desc="finetune",
+               disable=not progress or not trainer.dist.is_main)
     while trainer.state.iteration < iterations:
         rows = trainer.iteration()
         bar.update(1)
@@ -61,7 +64,7 @@ def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None
                 log_fn({f"{row['task']}/{k}": v for k, v in row.items()
                         if isinstance(v, (int, float)) and k not in ("iteration",)}, row["iteration"])
         done = trainer.state.iteration
-        if checkpoint_dir and trainer.dist.is_main and (done % checkpoint_every == 0) and done < iterations:
+        if checkpoint_dir and (done % checkpoint_every == 0) and done < iterations:
             save_checkpoint(checkpoint_dir, done, trainer.state_dict())
         if stop_after is not None and done >= stop_after:
             reason = "stop_after"

@@ -46,6 +46,7 @@ class Distributed:
     backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward()
     clip_grad_norm: Callable | None = None
     is_main: bool = True
+    barrier: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -99,7 +100,7 @@ class RLTrainer:
                                    steps=self.sampling.steps, guidance=self.sampling.guidance, eta=self.rl.eta,
                                    clamp_x0=self.rl.clamp_x0, uncond=self.uncond)
         cfg = 2 if self.uncond is not None else 1
-        self.state.unet_passes += len(batch.prompts) * self.sampling.steps * cfg
+        self._count(len(batch.prompts) * self.sampling.steps * cfg)
         return batch, traj
 
     def score(self, task: TaskRuntime, batch: TaskBatch, traj: Trajectory):
@@ -108,38 +109,53 @@ class RLTrainer:
         return rewards, compute_advantages(rewards, task.params.advantage, batch.group_ids, clip=self.rl.adv_clip,
                                            gather=self.dist.gather, local_slice=local)
 
-    def train_task(self, traj: Trajectory, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    def make_plan(self, traj: Trajectory) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The (samples [m], steps [m, k]) of each optimiser step: shuffled minibatches x inner epochs."""
         rl, n = self.rl, len(traj)
         stochastic = traj.log_probs.abs().sum(0) != 0
-        stats = {"approx_kl": [], "clip_fraction": [], "ratio_mean": [], "grad_norm_rl": [], "loss_rl": []}
-        self.model.train()
+        plan = []
         for _ in range(rl.inner_epochs):
             steps = choose_train_steps(n, traj.log_probs.shape[1], rl.timestep_window, rl.train_timesteps,
                                        self.generator, stochastic)
             order = torch.randperm(n, generator=self.generator)
-            for minibatch in order.chunk(rl.optimizer_steps):
-                samples = minibatch[:, None].expand(-1, steps.shape[1]).reshape(-1)
-                chosen = steps[minibatch].reshape(-1)
-                log_prob = recompute_log_probs(self.model, traj, samples, chosen, uncond=self.uncond,
-                                               guidance=self.sampling.guidance, eta=rl.eta, clamp_x0=rl.clamp_x0)
-                out = clipped_policy_loss(log_prob, traj.log_probs[samples, chosen], advantages[samples],
-                                          rl.clip_range, mask=valid[samples])
-                loss = out.loss
-                if self.pretrain_batches and rl.pretrain_mode == "joint" and rl.pretrain_beta > 0:
-                    loss = loss + rl.pretrain_beta * self._pretrain_loss()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.dist.backward(loss)
-                stats["grad_norm_rl"].append(self._clip())
-                self.optimizer.step()
-                self.schedule.step()
-                if self.ema:
-                    self.ema.update(self.model.unet)
-                cfg = 2 if self.uncond is not None else 1
-                self.state.unet_passes += TRAIN_PASS_COST * len(samples) * cfg
-                for key, value in (("approx_kl", out.approx_kl), ("clip_fraction", out.clip_fraction),
-                                   ("ratio_mean", out.ratio_mean), ("loss_rl", out.loss.item())):
-                    stats[key].append(value)
+            plan.extend((minibatch, steps[minibatch]) for minibatch in order.chunk(rl.optimizer_steps))
+        return plan
+
+    def train_task(self, traj: Trajectory, advantages: torch.Tensor, valid: torch.Tensor,
+                   plan: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
+        """Clipped policy-gradient steps; all chosen timesteps of a minibatch go through one UNet call."""
+        rl = self.rl
+        plan = self.make_plan(traj) if plan is None else plan
+        self.last_plan = plan
+        stats = {"approx_kl": [], "clip_fraction": [], "ratio_mean": [], "grad_norm_rl": [], "loss_rl": []}
+        cfg = 2 if self.uncond is not None else 1
+        self.model.train()
+        for minibatch, steps in plan:
+            samples = minibatch[:, None].expand(-1, steps.shape[1]).reshape(-1)
+            chosen = steps.reshape(-1)
+            log_prob = recompute_log_probs(self.model, traj, samples, chosen, uncond=self.uncond,
+                                           guidance=self.sampling.guidance, eta=rl.eta, clamp_x0=rl.clamp_x0)
+            out = clipped_policy_loss(log_prob, traj.log_probs[samples, chosen], advantages[samples],
+                                      rl.clip_range, mask=valid[samples])
+            loss = out.loss
+            if self.pretrain_batches and rl.pretrain_mode == "joint" and rl.pretrain_beta > 0:
+                loss = loss + rl.pretrain_beta * self._pretrain_loss()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.dist.backward(loss)
+            stats["grad_norm_rl"].append(self._clip())
+            self.optimizer.step()
+            self.schedule.step()
+            if self.ema:
+                self.ema.update(self.model.unet)
+            self._count(TRAIN_PASS_COST * len(samples) * cfg)
+            for key, value in (("approx_kl", out.approx_kl), ("clip_fraction", out.clip_fraction),
+                               ("ratio_mean", out.ratio_mean), ("loss_rl", out.loss.item())):
+                stats[key].append(value)
         return {key: float(np.mean(values)) for key, values in stats.items()}
+
+    def _count(self, passes: int) -> None:
+        """UNet forward-equivalents of the whole run (all processes), the control's budget."""
+        self.state.unet_passes += passes * self.dist.num_processes
 
     def _clip(self) -> float:
         if self.dist.clip_grad_norm is not None:
@@ -150,7 +166,7 @@ class RLTrainer:
         images, captions = self.pretrain_batches(self.rl.pretrain_batch_size)
         with torch.no_grad():
             embeds = self.model.encode_prompts(captions)
-        self.state.unet_passes += TRAIN_PASS_COST * len(captions)
+        self._count(TRAIN_PASS_COST * len(captions))
         return pretraining_loss(self.model, images, captions, self.generator, embeds=embeds)
 
     def pretrain_step(self) -> dict[str, float]:
@@ -174,11 +190,12 @@ class RLTrainer:
         for task, (batch, traj) in zip(self.tasks, sampled):
             task_began = time.perf_counter()
             rewards, adv = self.score(task, batch, traj)
-            finite = rewards[torch.isfinite(rewards)]
+            everywhere = self.dist.gather(rewards) if self.dist.gather else rewards
+            finite = everywhere[torch.isfinite(everywhere)]
             row = {"iteration": self.state.iteration + 1, "task": task.params.name,
                    "reward_mean": float(finite.mean()) if finite.numel() else math.nan,
                    "reward_std": float(finite.std(unbiased=False)) if finite.numel() else math.nan,
-                   "dropped": adv.n_dropped}
+                   "dropped": int((~torch.isfinite(everywhere)).sum())}
             if not bool(adv.valid.any()):
                 warnings.warn(f"iteration {row['iteration']}, task {task.params.name}: no finite reward; "
                               "skipping its update", RuntimeWarning)
