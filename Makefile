@@ -16,7 +16,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv run test mlflow-ui bench clean-checkpoints
+.PHONY: venv run test mlflow-ui mlflow-sync plots-template bench clean-checkpoints
 
 venv: $(STAMP)
 
@@ -24,6 +24,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 -e .
+	$(BIN)/dvc config --local core.site_cache_dir $(CURDIR)/.cache/dvc-site
 	touch $@
 
 run: $(STAMP)
@@ -34,6 +35,12 @@ test: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT) --workers 1
+
+mlflow-sync: $(STAMP)
+	$(BIN)/python -m pipeline.tracking sync
+
+plots-template: $(STAMP)
+	$(BIN)/python scripts/build_plots_template.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/rl_iteration.py

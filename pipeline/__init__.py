@@ -22,3 +22,8 @@ for _key, _value in _ENV_DEFAULTS.items():
     os.environ.setdefault(_key, _value)
 os.environ.setdefault("MPLCONFIGDIR", str(PROJECT_ROOT / ".cache" / "matplotlib"))
 os.environ.setdefault("PREFECT_HOME", str(PROJECT_ROOT / ".cache" / "prefect"))
+for _home in ("PREFECT_HOME", "MPLCONFIGDIR"):
+    try:
+        Path(os.environ[_home]).mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only checkout: the libraries fall back to their own defaults
+        pass

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             run.log_metrics(metrics)
             for path in (args.metrics, args.plots):
                 run.log_artifact(path)
+            run.log_artifact(args.out, "model")
         print(f"finetune: {metrics}")
 
     run_main("finetune", args, body)

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
             images = sample_rows(model, rows, params, progress=not args.no_progress)
             write_samples(args.out, rows, images)
             run.log_metrics({"images": len(rows)})
+            run.log_artifact(Path(args.out) / "index.jsonl")
         print(f"{name}: {len(rows)} images -> {args.out}")
 
     run_main("sample", args, body)

@@ -25,6 +25,7 @@ def _isolated_tracking(tmp_path_factory, monkeypatch):
     """Every test logs to its own SQLite MLflow store unless it sets MLFLOW_TRACKING_URI itself."""
     store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.setenv("PIPELINE_MLFLOW_BUFFER", str(tmp_path_factory.mktemp("buffer")))
 
 
 @pytest.fixture

@@ -1,0 +1,231 @@
+"""MLflow tracking against a real `mlflow server`: parent/child runs, metric histories, artifacts,
+and no loss when the server is down at the start or killed mid-run (buffer, then replay)."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.servers import MlflowServer
+from pipeline import tracking
+from pipeline.tracking import StageRun, flatten, metric_name, pending, run_group
+
+SMOKE = Path(__file__).parent / "params.smoke.yaml"
+PARAMS = {"seed": 0, "rl": {"iterations": 10, "lr": 5e-5, "tasks": [{"name": "composition", "reward": "composition"}]}}
+
+
+@pytest.fixture(scope="module")
+def mlflow_srv(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tracked(mlflow_srv, tmp_path, monkeypatch):
+    """Stages in this test log to the server, under a fresh run group, with a private buffer."""
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_srv.url)
+    monkeypatch.setenv("PIPELINE_RUN_GROUP", group)
+    monkeypatch.setenv(tracking.BUFFER_ENV, str(tmp_path / "buffer"))
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    return group
+
+
+def client_for(url):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(url)
+
+
+def group_runs(client, group):
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`pipeline.group` = '{group}'")
+    parents = [r for r in runs if r.data.tags["pipeline.role"] == "parent"]
+    children = {r.info.run_name: r for r in runs if r.data.tags["pipeline.role"] == "stage"}
+    return parents, children
+
+
+def history(client, run, key):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+
+
+def fake_finetune(tmp_path, iterations):
+    """What stages.finetune logs: per-iteration metrics, final metrics, train.json and the model folder."""
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    (tmp_path / "train.json").write_text(json.dumps({"reward_mean": 0.5}))
+    with StageRun("finetune", PARAMS) as run:
+        for it in range(1, iterations + 1):
+            run.log_metrics({"composition/reward_mean": 0.1 * it, "composition/kl": 0.01 * it}, step=it)
+        run.log_metrics({"reward_mean": 0.5, "iterations": iterations})
+        run.log_artifact(tmp_path / "train.json")
+        run.log_artifact(model, "model")
+    return run
+
+
+def test_helpers(monkeypatch):
+    assert flatten({"rl": {"lr": 1e-4, "tasks": [{"name": "a"}]}, "seeds": [0, 1]}) == {
+        "rl.lr": 1e-4, "rl.tasks.0.name": "a", "seeds": [0, 1]}
+    assert metric_name("composition/reward mean") == "composition.reward_mean"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert tracking.default_tracking_uri() == f"sqlite:///{tracking.PROJECT_ROOT / 'mlflow.db'}"
+    monkeypatch.setenv("DVC_ROOT", "/repo")  # a queued experiment runs in a temp copy: the store stays in the repo
+    assert tracking.default_tracking_uri() == "sqlite:////repo/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking.default_tracking_uri() == "http://127.0.0.1:1"
+    monkeypatch.delenv("PIPELINE_RUN_GROUP", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert run_group().startswith("commit-")
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1")  # what `dvc exp run` sets (dvc/repo/experiments/queue/base.py)
+    assert run_group() == "exp-1"
+    monkeypatch.setenv("PIPELINE_RUN_GROUP", "flow-1")
+    assert run_group() == "flow-1"
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+
+    # Refused calls are skipped, not buffered (they would fail on every replay); outages are buffered.
+    assert tracking._rejected(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE))
+    assert not tracking._rejected(MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert not tracking._rejected(MlflowException("API request failed with exception ConnectionError"))
+    assert not tracking._rejected(ConnectionError("refused"))
+
+
+def test_hung_server_does_not_stall_a_stage_and_sync_sends_to_local_store(tmp_path, monkeypatch, capsys):
+    """A server that accepts connections but never answers: the stage goes on at once, buffered;
+    `python -m pipeline.tracking sync --any --uri sqlite:///...` puts everything in a local store."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)  # never accepted: requests hang
+    url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("PIPELINE_RUN_GROUP", "offline")
+    monkeypatch.setenv(tracking.BUFFER_ENV, str(tmp_path / "buffer"))
+    began = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="buffering stage finetune"):
+        run = fake_finetune(tmp_path, iterations=4)
+    assert time.monotonic() - began < 15  # the /health probe times out after 3 s
+    hung.close()
+    assert run.run_id is None and pending(url) == [run.buffer_path]
+
+    tracking.main(["list", "--uri", url])
+    assert str(run.buffer_path) in capsys.readouterr().out
+    local = f"sqlite:///{tmp_path / 'local.db'}"
+    tracking.main(["sync", "--uri", local, "--any"])
+    assert "sent 1 buffered run(s)" in capsys.readouterr().out
+    client = client_for(local)
+    parents, children = group_runs(client, "offline")
+    finetune = children["finetune"]
+    assert len(parents) == 1 and finetune.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert finetune.info.status == "FINISHED" and finetune.data.tags["pipeline.replayed"] == "true"
+    assert [s for s, _ in history(client, finetune, "composition.reward_mean")] == [1, 2, 3, 4]
+    assert finetune.data.params["rl.tasks.0.name"] == "composition"
+    assert {a.path for a in client.list_artifacts(finetune.info.run_id)} == {"model", "train.json"}
+    assert pending() == [] and list((tmp_path / "buffer").iterdir()) == []
+
+
+def test_smoke_pipeline_parent_and_children(tracked, mlflow_srv, tmp_path):
+    """A real stage (pretrain on the smoke profile) and stand-ins for finetune/evaluate/report: one
+    parent, a child per stage with flattened params, tags, metric histories and artifacts."""
+    from stages import pretrain, prompts
+
+    prompts.main(["--params", str(SMOKE), "--out", str(tmp_path / "prompts")])
+    pretrain.main(["--params", str(SMOKE), "--prompts", str(tmp_path / "prompts"), "--out", str(tmp_path / "base"),
+                   "--metrics", str(tmp_path / "pretrain.json"), "--checkpoints", str(tmp_path / "ckpt"),
+                   "--no-progress"])
+    fake_finetune(tmp_path, iterations=3)
+    (tmp_path / "eval.json").write_text("{}")
+    with StageRun("evaluate", {"seed": 0}) as run:
+        run.log_metrics({"win_rate/composition": 0.6})
+        run.log_artifact(tmp_path / "eval.json")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "index.html").write_text("<html></html>")
+    with StageRun("report", {"seed": 0}) as run:
+        run.log_artifact(tmp_path / "report", "report")
+
+    client = client_for(mlflow_srv.url)
+    parents, children = group_runs(client, tracked)
+    assert len(parents) == 1 and set(children) == {"pretrain", "finetune", "evaluate", "report"}
+    parent = parents[0]
+    assert parent.data.tags["git_commit"] and "dvc_experiment" in parent.data.tags
+    for child in children.values():
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["stage"] == child.info.run_name
+        assert len(child.data.tags["params_hash"]) == 16 and child.data.tags["git_commit"] == parent.data.tags["git_commit"]
+
+    smoke = __import__("yaml").safe_load(SMOKE.read_text())
+    pre = children["pretrain"]
+    assert pre.data.params["pretrain.steps"] == str(smoke["pretrain"]["steps"])  # flattened
+    log_every, steps = smoke["pretrain"]["log_every"], smoke["pretrain"]["steps"]
+    assert [s for s, _ in history(client, pre, "pretrain.loss")] == list(range(log_every, steps + 1, log_every))
+    assert "pretrain.json" in {a.path for a in client.list_artifacts(pre.info.run_id)}
+
+    fine = children["finetune"]
+    assert fine.data.params["rl.tasks.0.reward"] == "composition"
+    assert [s for s, _ in history(client, fine, "composition.reward_mean")] == [1, 2, 3]
+    assert {a.path for a in client.list_artifacts(fine.info.run_id, "model")} == {"model/config.json"}
+    assert "eval.json" in {a.path for a in client.list_artifacts(children["evaluate"].info.run_id)}
+    assert "report/index.html" in {a.path for a in client.list_artifacts(children["report"].info.run_id, "report")}
+
+    # Metric names are the same from one pipeline run to the next.
+    other = fake_finetune(tmp_path, iterations=2)
+    assert set(client.get_run(other.run_id).data.metrics) == set(fine.data.metrics)
+    assert not (tmp_path / "buffer").exists()
+
+
+def test_server_killed_mid_run_or_down_at_start_then_replayed(tracked, mlflow_srv, tmp_path):
+    """Kill the server (SIGKILL) in the middle of a stage, run another stage while it is down, restart it
+    on the same store and port: the next stage replays both buffered runs; nothing is lost."""
+    client = client_for(mlflow_srv.url)
+    try:
+        with pytest.warns(RuntimeWarning, match="buffering stage finetune"):
+            with StageRun("finetune", PARAMS) as killed:
+                for it in range(1, 4):
+                    killed.log_metrics({"composition/reward_mean": 0.1 * it}, step=it)
+                assert killed.buffer_path is None
+                mlflow_srv.kill()
+                began = time.monotonic()
+                for it in range(4, 11):
+                    killed.log_metrics({"composition/reward_mean": 0.1 * it}, step=it)
+                (tmp_path / "train.json").write_text("{}")
+                killed.log_artifact(tmp_path / "train.json")
+        assert time.monotonic() - began < 20
+        assert killed.run_id and killed.buffer_path.exists()
+
+        began = time.monotonic()
+        with pytest.warns(RuntimeWarning, match="buffering stage evaluate"):
+            with StageRun("evaluate", {"seed": 0}) as down:
+                down.log_metrics({"win_rate/composition": 0.6})
+                for step in range(5):
+                    down.log_metrics({"judge/loss": 1.0 / (step + 1)}, step=step)
+                (tmp_path / "eval.json").write_text('{"win_rate": 0.6}')
+                down.log_artifact(tmp_path / "eval.json")
+        assert time.monotonic() - began < 10
+        assert down.run_id is None
+        assert pending(mlflow_srv.url) == sorted([killed.buffer_path, down.buffer_path])
+    finally:
+        mlflow_srv.start()  # same store, same port
+
+    with StageRun("report", {"seed": 0}) as run:  # replays the buffer first
+        run.log_metrics({"pages": 1})
+    assert pending() == []
+
+    parents, children = group_runs(client, tracked)
+    assert len(parents) == 1 and set(children) == {"finetune", "evaluate", "report"}
+    fine = client.get_run(killed.run_id)  # the same run, completed
+    assert fine.info.status == "FINISHED"
+    assert [s for s, _ in history(client, fine, "composition.reward_mean")] == list(range(1, 11))
+    assert "train.json" in {a.path for a in client.list_artifacts(killed.run_id)}
+    evaluate = children["evaluate"]
+    assert evaluate.data.tags["pipeline.replayed"] == "true" and evaluate.info.status == "FINISHED"
+    assert evaluate.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert len(history(client, evaluate, "judge.loss")) == 5 and evaluate.data.metrics["win_rate.composition"] == 0.6
+    assert "eval.json" in {a.path for a in client.list_artifacts(evaluate.info.run_id)}
