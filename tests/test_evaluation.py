@@ -187,6 +187,12 @@ def test_evaluate_ranks_the_corrupted_model_last(evaluated):
     assert m["composition.rl.exact"] >= 0.9 > 0.8 > m["composition.base.exact"]
     assert m["composition.rl.claim_score"] > m["composition.base.claim_score"]
     assert m["diversity.rl.pairwise_distance"] > 0
+    # the training reward (smoke profile: composition) on held-out samples, with the paired gain
+    assert m["reward.composition.rl"] > m["reward.composition.base"]
+    assert m["reward.composition.rl_minus_base_ci_low"] > 0
+    assert m["reward.composition.rl_minus_control"] == 0.0
+    assert m["reward.composition.rl_gain_in_base_std"] == pytest.approx(
+        m["reward.composition.rl_minus_base"] / m["reward.composition.base_std"])
 
 
 def test_evaluate_plot_tables(evaluated):

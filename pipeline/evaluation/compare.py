@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.evaluation import judges
+from pipeline.evaluation.task_rewards import add_task_rewards
 from pipeline.evaluation.metrics import (attribute_balance, bootstrap_mean, composition_scores,
                                          mean_pairwise_distance, stable_seed, win_outcomes, win_rate)
 from pipeline.io import write_json, write_text
@@ -206,6 +207,7 @@ def evaluate_models(data: Aligned, params, reward_model_dir: str | Path | None =
     add_composition(ev, data)
     add_diversity(ev, data)
     add_quality(ev, data, panel)
+    add_task_rewards(ev, data, reward_model_dir)
     ev.metrics["pairs"] = float(len(data.rows))
     return ev
 
