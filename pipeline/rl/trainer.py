@@ -151,6 +151,7 @@ class RLTrainer:
             for key, value in (("approx_kl", out.approx_kl), ("clip_fraction", out.clip_fraction),
                                ("ratio_mean", out.ratio_mean), ("loss_rl", out.loss.item())):
                 stats[key].append(value)
+        self.last_step_losses = stats["loss_rl"]
         return {key: float(np.mean(values)) for key, values in stats.items()}
 
     def _count(self, passes: int) -> None:
