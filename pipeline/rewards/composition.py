@@ -1,0 +1,66 @@
+"""Per-sample shapes-world rewards read by the analytic detector.
+
+- `composition`: the share of the prompt's claims that the detected objects satisfy (each named
+  object present with the right colour and shape, and, for two objects in a spatial relation,
+  the relation), in [0, 1]: `claim_score(detect(image), spec)`.
+- `area`: a sanity reward, the detected object pixel area over the image area, in [0, 1]; with
+  nothing detected, the share of pixels the detector calls palette-coloured, so it stays smooth.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.rewards.diversity import spec_of
+from pipeline.rewards.registry import Reward
+from pipeline.world.detect import claim_score, classify_pixels, detect
+
+
+def _numpy_images(images: torch.Tensor) -> np.ndarray:
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images (B, H, W, 3), got shape {tuple(images.shape)}")
+    return images.detach().cpu().numpy()
+
+
+def _rows(metadata: list[dict] | None, n: int) -> list[dict]:
+    if metadata is None:
+        return [{} for _ in range(n)]
+    if len(metadata) != n:
+        raise ValueError(f"got {n} images but {len(metadata)} metadata rows")
+    return [row or {} for row in metadata]
+
+
+class CompositionReward(Reward):
+    """claim_score of the detected objects against the prompt's spec, in [0, 1]."""
+
+    name = "composition"
+    task = "composition"
+
+    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        arrays = _numpy_images(images)
+        rows = _rows(metadata, len(prompts))
+        scores = [claim_score(detect(image), spec_of(prompt, row)) for image, prompt, row in zip(arrays, prompts, rows)]
+        return torch.tensor(scores, dtype=torch.float32)
+
+
+def object_area_fraction(image: np.ndarray) -> float:
+    """Detected object area / image area; with no detection, the palette-coloured pixel share."""
+    h, w = image.shape[:2]
+    objects = detect(image)
+    if objects:
+        return min(1.0, sum(o.area for o in objects) / (h * w))
+    return float((classify_pixels(image) >= 0).mean())
+
+
+class AreaReward(Reward):
+    """Sanity reward: how much of the image the detected objects cover, in [0, 1]."""
+
+    name = "area"
+    task = "single"
+
+    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        return torch.tensor([object_area_fraction(image) for image in _numpy_images(images)], dtype=torch.float32)

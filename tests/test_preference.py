@@ -1,0 +1,164 @@
+"""The learned preference reward: trained on panel-labelled pairs of corrupted world renders."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from pipeline.config import RewardModelParams, SamplingParams  # noqa: E402
+from pipeline.rewards.adapters import RewardLoadError  # noqa: E402
+from pipeline.rewards.panel import PANEL_SEED, RaterPanel  # noqa: E402
+from pipeline.rewards.preference import (  # noqa: E402
+    LearnedPreferenceReward,
+    PreferenceModel,
+    build_preference_dataset,
+    fit_reward_model,
+    label_seed,
+    mirror_prompt,
+    num_parameters,
+    pair_accuracy,
+    panel_best_accuracy,
+    panel_self_agreement,
+    split_indices,
+    train_preference_model,
+)
+from pipeline.rewards.registry import RewardContext, build_reward  # noqa: E402
+from pipeline.world.captions import caption_for_spec  # noqa: E402
+from pipeline.world.render import render  # noqa: E402
+from pipeline.world.scene import Scene, ShapeObject, sample_scene, sample_spec  # noqa: E402
+from pipeline.world.vocab import COLOURS  # noqa: E402
+
+RES = 24
+CORRUPTIONS = ("clean", "noise", "blur", "shift", "colour", "desaturate")
+PAIRS, HOLDOUT, EPOCHS, LR, BATCH = 900, 0.5, 25, 2e-3, 32
+
+
+def _blur(image: np.ndarray, passes: int) -> np.ndarray:
+    x = image.astype(float)
+    for _ in range(passes):
+        p = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        x = (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] + p[1:-1, 1:-1]) / 5
+    return np.rint(x).astype(np.uint8)
+
+
+def corrupt(scene: Scene, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A render of `scene` with one corruption: noise, blur, an object pushed out of frame,
+    an object in the wrong colour, or washed-out colour ("clean": none)."""
+    objects = list(scene.objects)
+    i = int(rng.integers(len(objects)))
+    o = objects[i]
+    if kind == "shift":
+        inside = o.side / 2 * (1 - rng.uniform(0.6, 1.0))  # centre this far inside the border
+        edge = int(rng.integers(4))
+        cx = inside if edge == 0 else 1 - inside if edge == 1 else o.cx
+        cy = inside if edge == 2 else 1 - inside if edge == 3 else o.cy
+        objects[i] = ShapeObject(o.shape, o.colour, o.size, cx, cy)
+    elif kind == "colour":
+        others = [c for c in COLOURS if c != o.colour]
+        objects[i] = ShapeObject(o.shape, others[int(rng.integers(len(others)))], o.size, o.cx, o.cy)
+    image = render(Scene(tuple(objects), scene.relation), RES)
+    if kind == "noise":
+        return np.clip(image + rng.normal(0, rng.uniform(10, 80), image.shape), 0, 255).astype(np.uint8)
+    if kind == "blur":
+        return _blur(image, int(rng.integers(1, 4)))
+    if kind == "desaturate":
+        a = rng.uniform(0.3, 0.8)
+        return np.rint(image * (1 - a) + a * image.mean(-1, keepdims=True)).astype(np.uint8)
+    return image
+
+
+def corrupted_pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """n pairs: one prompt, one scene, two different corruptions of its render."""
+    rng = np.random.default_rng(seed)
+    a, b, prompts = [], [], []
+    for _ in range(n):
+        spec = sample_spec(rng, ("single", "composition")[int(rng.integers(2))])
+        scene = sample_scene(rng, spec)
+        ka, kb = rng.choice(len(CORRUPTIONS), 2, replace=False)
+        a.append(corrupt(scene, CORRUPTIONS[ka], rng))
+        b.append(corrupt(scene, CORRUPTIONS[kb], rng))
+        prompts.append(caption_for_spec(spec))
+    return torch.from_numpy(np.stack(a)), torch.from_numpy(np.stack(b)), prompts
+
+
+@pytest.fixture(scope="module")
+def trained():
+    images_a, images_b, prompts = corrupted_pairs(PAIRS, seed=1)
+    panel = RaterPanel(5, 1.0, seed=PANEL_SEED)
+    labels = panel.label_pairs(images_a, images_b, prompts, torch.Generator().manual_seed(label_seed(0)))
+    model, metrics = train_preference_model(images_a, images_b, prompts, labels, epochs=EPOCHS, lr=LR,
+                                            batch_size=BATCH, holdout_fraction=HOLDOUT, seed=0)
+    _, held = split_indices(PAIRS, HOLDOUT, 0)
+    metrics["panel_self_agreement"] = panel_self_agreement(panel, images_a, images_b, prompts, seed=11)
+    metrics["panel_best_accuracy"] = panel_best_accuracy(panel, images_a[held], images_b[held],
+                                                         [prompts[i] for i in held], labels[held])
+    print(f"\npreference model on corrupted renders: {json.dumps(metrics, sort_keys=True)}")
+    return model, metrics, (images_a, images_b, prompts, labels)
+
+
+def test_learned_model_approaches_panel_self_agreement(trained):
+    _, metrics, _ = trained
+    assert 50_000 <= metrics["parameters"] <= 200_000
+    assert metrics["heldout_pairs"] == PAIRS * HOLDOUT
+    assert metrics["panel_best_accuracy"] >= metrics["panel_self_agreement"] - 0.05  # the ceiling
+    assert metrics["heldout_accuracy"] >= metrics["panel_self_agreement"] - 0.10
+    assert metrics["heldout_accuracy"] > 0.6
+
+
+def test_save_load_round_trip_and_reward(trained, tmp_path):
+    model, _, (images_a, _, prompts, _) = trained
+    folder = tmp_path / "reward"
+    model.save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = PreferenceModel.from_pretrained(folder)
+    images, texts = images_a[:40], prompts[:40]
+    assert torch.equal(loaded.score(images, texts), model.score(images, texts))
+    reward = build_reward("preference", RewardContext(reward_model_dir=folder))
+    assert isinstance(reward, LearnedPreferenceReward) and reward.task == "preference"
+    scores = reward(images, texts, [{} for _ in texts])
+    assert scores.dtype == torch.float32 and torch.equal(scores, model.score(images, texts))
+    model.save_pretrained(folder)  # overwriting an existing folder works too
+    assert torch.equal(PreferenceModel.from_pretrained(folder).score(images, texts), scores)
+
+
+def test_missing_reward_model_folder_is_a_clear_error(tmp_path):
+    folder = tmp_path / "models" / "reward"
+    with pytest.raises(RewardLoadError) as error:
+        build_reward("preference", RewardContext(reward_model_dir=folder))
+    assert str(folder) in str(error.value) and "dvc repro reward_model" in str(error.value)
+    with pytest.raises(RewardLoadError, match="dvc repro reward_model"):
+        build_reward("preference", RewardContext())
+
+
+def test_bradley_terry_pieces():
+    assert pair_accuracy(torch.tensor([2.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1, 1, 0])) \
+        == pytest.approx((1 + 0 + 0.5) / 3)
+    assert mirror_prompt("a red circle left of a blue square") == "a red circle right of a blue square"
+    train, held = split_indices(10, 0.3, 0)
+    assert len(held) == 3 and sorted([*train, *held]) == list(range(10))
+    assert 50_000 <= num_parameters(PreferenceModel()) <= 200_000
+    text = PreferenceModel().encode_text(["a red circle left of a blue square"])
+    assert text.shape[1] == 3 and text[0, 2].sum() == 7  # every known word once in the full bag
+
+
+def test_fit_reward_model_on_a_tiny_diffusion_model(tiny_model_factory):
+    model = tiny_model_factory()
+    prompts = ["a red circle", "a blue square and a green triangle", "a circle"]
+    dataset = build_preference_dataset(model, prompts, pairs=4, seed=0, steps=2, guidance=2.0, batch_size=8)
+    assert dataset["images_a"].shape == (4, RES, RES, 3) and dataset["images_a"].dtype == torch.uint8
+    assert set(dataset["prompts"]) <= set(prompts) and len(dataset["prompts"]) == 4
+    assert not set(dataset["seeds_a"]) & set(dataset["seeds_b"])
+    again = build_preference_dataset(model, prompts, pairs=4, seed=0, steps=2, guidance=2.0, batch_size=8)
+    assert torch.equal(again["images_b"], dataset["images_b"])
+
+    params = RewardModelParams(pairs=10, raters=3, epochs=1, batch_size=8, holdout_fraction=0.3)
+    reward_model, metrics = fit_reward_model(model, prompts, params, SamplingParams(steps=2, guidance=2.0), seed=0)
+    assert isinstance(reward_model, PreferenceModel)
+    for key in ("heldout_accuracy", "panel_self_agreement", "panel_best_accuracy", "pairs", "train_pairs"):
+        assert key in metrics
+    assert metrics["pairs"] == 10 and metrics["train_pairs"] == 7
+    assert label_seed(0) != PANEL_SEED
