@@ -59,6 +59,9 @@ class ModelParams(_Section):
     attention_heads: int = Field(4, ge=1)
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    resolution: int | None = Field(None, ge=8)  # Stable Diffusion image size in px; None = the UNet's own
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast, CUDA only
+    gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
     def _sd_needs_source(self) -> "ModelParams":
@@ -97,7 +100,8 @@ class TaskParams(_Section):
     samples_per_prompt: int = Field(8, ge=1)
     prompts_per_iteration: int = Field(8, ge=1)
     advantage: Literal["group", "batch"] = "group"
-    weight: float = Field(1.0, gt=0.0)
+    weight: float = Field(1.0, gt=0.0)  # scales this task's advantages in the joint objective
+    reward_options: dict[str, Any] = Field(default_factory=dict)  # e.g. model, processor, classes
 
 
 class RLParams(_Section):

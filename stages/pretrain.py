@@ -27,9 +27,14 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.tracking import StageRun
         from pipeline.world.stream import SceneStream
 
-        if params.model.kind != "tiny":
-            raise ValueError("stage pretrain trains the tiny model only; with model.kind 'stable_diffusion' "
-                             "the base is model.pretrained (use stages.link_base)")
+        if params.model.kind == "stable_diffusion":  # the base is the configured hub id or folder
+            from pipeline.models.stable_diffusion import write_base_pointer
+
+            with atomic_path(Path(args.out), directory=True) as tmp:
+                write_base_pointer(tmp, params.model.pretrained)
+            write_json(args.metrics, {"steps": 0})
+            print(f"pretrain: base is {params.model.pretrained} (pointer in {args.out})")
+            return
         pt = params.pretrain
         key = run_key("pretrain", params.seed, params.world, params.model, pt)
         with StageRun("pretrain", params.model_dump(mode="json")) as run:

@@ -18,7 +18,7 @@ class Text2ImageModel(nn.Module, abc.ABC):
 
     unet: nn.Module
     scheduler: object
-    vae: nn.Module | None = None
+    vae: nn.Module | None  # None in pixel space; set by every implementation
 
     @abc.abstractmethod
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

@@ -25,7 +25,7 @@ def build_tasks(params: Params, prompts_dir: str | Path, reward_model_dir: str |
     tasks = []
     for task in params.rl.tasks:
         context = RewardContext(reward_model_dir=Path(reward_model_dir) if reward_model_dir else None,
-                                device=params.device, options=dict(reward_options or {}))
+                                device=params.device, options={**(reward_options or {}), **task.reward_options})
         records = read_jsonl(Path(prompts_dir) / f"{task.prompts}.train.jsonl", required=("prompt",))
         tasks.append(TaskRuntime(task, build_reward(task.reward, context), records))
     return tasks

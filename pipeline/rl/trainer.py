@@ -202,7 +202,8 @@ class RLTrainer:
                               "skipping its update", RuntimeWarning)
                 row["skipped"] = 1
             else:
-                row.update(self.train_task(traj, adv.advantages, adv.valid))
+                # a task weight scales its advantages, i.e. its share of the joint objective
+                row.update(self.train_task(traj, adv.advantages * task.params.weight, adv.valid))
                 row["skipped"] = 0
             row["seconds"] = time.perf_counter() - task_began
             rows.append(row)
