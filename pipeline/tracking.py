@@ -9,34 +9,31 @@ Tracking never breaks or stalls a stage. HTTP calls get a short timeout and one 
 `http(s)` server is probed on `/health` first. If the server is down at the start, or dies
 mid-run, every call from then on (params, metrics with their step and time, artifacts, the end
 status) is appended to a JSONL file under `.cache/mlflow-buffer/`; the next StageRun that reaches
-the same server replays it, or `python -m pipeline.tracking sync` does.
+the same server replays it, or `python -m pipeline.tracking sync` does (pipeline/tracking_buffer.py).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 from pipeline import PROJECT_ROOT
+# The buffer's public names are re-exported here (`python -m pipeline.tracking sync|list` is its `main`).
+from pipeline.tracking_buffer import BUFFER_ENV, RunBuffer, buffer_dir, main, pending, replay_buffer  # noqa: F401
 
 EXPERIMENT = "rl-diffusion"
-BUFFER_ENV = "PIPELINE_MLFLOW_BUFFER"  # overrides the buffer folder
 # Quick failure instead of MLflow's defaults (7 retries with exponential backoff, 120 s timeout);
 # a value the user set is kept.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 PROBE_TIMEOUT_S = 3.0
 UPLOAD_TIMEOUT_S = 600
-COPY_LIMIT_BYTES = 512 * 2**20  # buffered artifacts up to this size are copied, larger ones referenced
 
 
 def project_root() -> Path:
@@ -47,10 +44,6 @@ def project_root() -> Path:
 
 def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
-
-
-def buffer_dir() -> Path:
-    return Path(os.environ.get(BUFFER_ENV) or project_root() / ".cache" / "mlflow-buffer")
 
 
 def git_commit(cwd: Path = PROJECT_ROOT) -> str:
@@ -194,9 +187,13 @@ class StageRun:
         self.uri = uri or default_tracking_uri()
         self.run_id: str | None = None
         self.parent_id: str | None = None
-        self.buffer_path: Path | None = None  # set once this run is being buffered
+        self._buffer: RunBuffer | None = None  # set once this run is being buffered
         self._client = None
-        self._artifacts = 0
+
+    @property
+    def buffer_path(self) -> Path | None:
+        """This run's buffer file, once it is being buffered."""
+        return self._buffer.path if self._buffer is not None else None
 
     # ---- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "StageRun":
@@ -242,11 +239,8 @@ class StageRun:
                     self._client.set_terminated(self.parent_id, status, end)
                 except Exception as err:
                     self._start_buffer(err)
-            if self.buffer_path is not None:
-                self._write({"event": "end", "status": status, "end_time": end})
-                closed = self.buffer_path.with_name(self.buffer_path.name.replace(".open.jsonl", ".jsonl"))
-                self.buffer_path.rename(closed)
-                self.buffer_path = closed
+            if self._buffer is not None:
+                closed = self._buffer.close(status, end)
                 warnings.warn(f"MLflow: stage {self.stage}'s tracking data is buffered in {closed}; it is sent to "
                               f"{self.uri} by the next stage that reaches it, or by `python -m pipeline.tracking "
                               "sync`", RuntimeWarning, stacklevel=2)
@@ -286,172 +280,33 @@ class StageRun:
                                   RuntimeWarning)
                     return
                 self._start_buffer(exc)
-        if self.buffer_path is None:
+        if self._buffer is None:
             return
         try:
             if fn is _log_path:
-                event = self._buffer_artifact(*args)
-            self._write(event)
+                self._buffer.artifact(*args)
+            else:
+                self._buffer.write(event)
         except Exception as exc:
             warnings.warn(f"MLflow: buffering failed for stage {self.stage} ({exc})", RuntimeWarning)
 
     # ---- buffer ----------------------------------------------------------------------------
     def _start_buffer(self, reason: Exception) -> None:
         self._client = None
-        if self.buffer_path is not None:
+        if self._buffer is not None:
             return
         try:
-            folder = buffer_dir()
-            folder.mkdir(parents=True, exist_ok=True)
-            stage = re.sub(r"[^A-Za-z0-9_-]", "_", self.stage)
-            name = f"{time.strftime('%Y%m%dT%H%M%S')}-{stage}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            self.buffer_path = folder / f"{name}.open.jsonl"
-            self._write({"event": "start", "uri": self.uri, "experiment": EXPERIMENT, "run_id": self.run_id,
-                         "group": self.group, "stage": self.stage, "tags": self.tags,
-                         "parent_tags": self.parent_tags, "params": self.params, "start_time": self.start_time,
-                         "pid": os.getpid(), "reason": f"{type(reason).__name__}: {reason}"[:500]})
+            self._buffer = RunBuffer(self.stage, {
+                "uri": self.uri, "experiment": EXPERIMENT, "run_id": self.run_id, "group": self.group,
+                "stage": self.stage, "tags": self.tags, "parent_tags": self.parent_tags, "params": self.params,
+                "start_time": self.start_time, "reason": f"{type(reason).__name__}: {reason}"[:500]})
             warnings.warn(f"MLflow tracking at {self.uri} is unavailable ({type(reason).__name__}: "
                           f"{str(reason)[:200]}); buffering stage {self.stage}'s tracking in {self.buffer_path}",
                           RuntimeWarning, stacklevel=3)
         except Exception as exc:
-            self.buffer_path = None
+            self._buffer = None
             warnings.warn(f"MLflow: tracking unavailable ({reason}) and buffer not writable ({exc}); stage "
                           f"{self.stage} is not tracked", RuntimeWarning)
-
-    def _write(self, event: dict) -> None:
-        with open(self.buffer_path, "a", encoding="utf8") as fh:
-            fh.write(json.dumps(event) + "\n")
-
-    def _buffer_artifact(self, path: Path, artifact_path: str | None) -> dict:
-        """Copy the artifact next to the buffer file (it may change before the replay)."""
-        self._artifacts += 1
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-        if size > COPY_LIMIT_BYTES:
-            return {"event": "artifact", "path": str(path.resolve()), "artifact_path": artifact_path, "copied": False}
-        target = self.buffer_path.parent / (self.buffer_path.name.split(".")[0] + ".files") / str(self._artifacts)
-        target.mkdir(parents=True, exist_ok=True)
-        target = target / path.name
-        shutil.copytree(path, target) if path.is_dir() else shutil.copy2(path, target)
-        return {"event": "artifact", "path": str(target), "artifact_path": artifact_path, "copied": True}
-
-
-# ---- replay ------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-
-
-def _read_events(path: Path) -> list[dict]:
-    events = []
-    for line in path.read_text(encoding="utf8").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-    return events
-
-
-def pending(uri: str | None = None) -> list[Path]:
-    """Buffered runs waiting to be sent (to `uri` if given); runs still being written are left out."""
-    found = []
-    for path in sorted(buffer_dir().glob("*.jsonl")):
-        try:
-            events = _read_events(path)
-        except FileNotFoundError:
-            continue
-        if not events or events[0].get("event") != "start":
-            continue
-        if path.name.endswith(".open.jsonl") and _pid_alive(int(events[0].get("pid") or -1)):
-            continue
-        if uri is None or events[0].get("uri") == uri:
-            found.append(path)
-    return found
-
-
-def _replay_run(client, uri: str, events: list[dict]) -> str:
-    from mlflow.exceptions import MlflowException
-
-    start = events[0]
-    experiment_id = _experiment_id(client, uri)
-    run_id = start.get("run_id")
-    if run_id:
-        try:
-            client.get_run(run_id)
-        except MlflowException:  # the server came back with another store
-            run_id = None
-    parent_id = _parent_run(client, experiment_id, start["group"], start["parent_tags"])
-    if not run_id:
-        run_id = client.create_run(experiment_id, start_time=start["start_time"], run_name=start["stage"],
-                                   tags={**start["tags"], "mlflow.parentRunId": parent_id,
-                                         "pipeline.replayed": "true"}).info.run_id
-    _log_params(client, run_id, start["params"])
-    rows = [row for e in events if e["event"] == "metrics" for row in e["rows"]]
-    _log_metrics(client, run_id, rows)
-    for event in events:
-        if event["event"] == "artifact" and Path(event["path"]).exists():
-            _log_path(client, run_id, Path(event["path"]), event["artifact_path"])
-    end = next((e for e in events if e["event"] == "end"), {"status": "KILLED", "end_time": None})
-    client.set_terminated(run_id, end["status"], end["end_time"])
-    client.set_terminated(parent_id, end["status"], end["end_time"])
-    return run_id
-
-
-def replay_buffer(uri: str | None = None, client=None, any_uri: bool = False) -> list[str]:
-    """Send buffered runs recorded for `uri` (all of them with `any_uri`) to `uri`; return their run ids.
-    A file is claimed by renaming, so concurrent stages never replay it twice; on failure it is put back."""
-    uri = uri or default_tracking_uri()
-    if client is None:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(uri)
-    replayed = []
-    for path in pending(None if any_uri else uri):
-        claimed = path.with_name(path.name.replace(".open.jsonl", ".jsonl") + ".replaying")
-        try:
-            path.rename(claimed)
-        except FileNotFoundError:
-            continue
-        try:
-            replayed.append(_replay_run(client, uri, _read_events(claimed)))
-        except Exception as exc:
-            if _rejected(exc):  # would fail every time: set aside, do not block the others
-                claimed.rename(claimed.with_name(claimed.name.replace(".replaying", ".rejected")))
-                warnings.warn(f"MLflow refused buffered run {path.name} ({str(exc)[:300]}); set aside as "
-                              f"*.rejected in {path.parent}", RuntimeWarning)
-                continue
-            claimed.rename(path)
-            warnings.warn(f"MLflow: replaying {path.name} to {uri} failed ({exc}); kept for later", RuntimeWarning)
-            break
-        claimed.unlink()
-        shutil.rmtree(claimed.parent / (claimed.name.split(".")[0] + ".files"), ignore_errors=True)
-    return replayed
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline.tracking",
-                                description="Inspect or send MLflow runs buffered while the tracking server was down.")
-    sub = p.add_subparsers(dest="command", required=True)
-    for name, text in (("list", "list buffered runs"), ("sync", "send buffered runs to the tracking server")):
-        s = sub.add_parser(name, help=text, description=text)
-        s.add_argument("--uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI or the project's mlflow.db)")
-        s.add_argument("--any", action="store_true", help="also runs buffered for another URI")
-    args = p.parse_args(argv)
-    uri = args.uri or default_tracking_uri()
-    if args.command == "list":
-        for path in pending(None if args.any else uri):
-            print(path)
-        return
-    with _QuickHttp():
-        _probe(uri)
-        ids = replay_buffer(uri, any_uri=args.any)
-    print(f"sent {len(ids)} buffered run(s) to {uri}; {len(pending(None if args.any else uri))} left in {buffer_dir()}")
 
 
 if __name__ == "__main__":
