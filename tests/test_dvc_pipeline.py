@@ -52,3 +52,39 @@ def test_foundation_stages_reproduce(dvc_repo):
     assert {"prompt", "task", "seed", "path"} <= set(index[0])
     status = _run(["dvc", "status", "sample_base"], repo, env)
     assert "up to date" in status.lower() or status.strip() == ""
+
+
+def test_whole_pipeline_reproduces_and_reports(dvc_repo):
+    repo, env = dvc_repo
+    _run(["dvc", "repro"], repo, env)
+    evaluation = json.loads((repo / "data/metrics/eval.json").read_text())
+    assert "win_rate.rl_vs_base.pooled" in evaluation and "composition.control.exact" in evaluation
+    assert (repo / "data/report/index.html").is_file() and (repo / "data/report/report.md").is_file()
+    shown = _run(["dvc", "metrics", "show", "--json"], repo, env)
+    assert "win_rate.rl_vs_base.pooled" in shown
+    assert "up to date" in _run(["dvc", "status"], repo, env).lower()
+
+
+def test_killed_finetune_resumes_on_next_dvc_repro(dvc_repo):
+    """SIGKILL `dvc repro finetune` after a checkpoint; the next `dvc repro` resumes and matches a clean run."""
+    import signal
+    import time
+
+    repo, env = dvc_repo
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("  iterations: 2\n", "  iterations: 5\n"))
+    proc = subprocess.Popen(["dvc", "repro", "finetune"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list((repo / "checkpoints").glob("finetune-*/step-000003.pt")) and time.time() < deadline:
+        assert proc.poll() is None, "dvc repro finished before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _run(["dvc", "repro", "finetune"], repo, env)
+    resumed = (repo / "data/models/rl/unet/diffusion_pytorch_model.safetensors").read_bytes()
+    resumed_metrics = (repo / "data/metrics/train.json").read_text()
+    shutil.rmtree(repo / "checkpoints")
+    _run(["dvc", "repro", "-f", "finetune"], repo, env)
+    assert resumed == (repo / "data/models/rl/unet/diffusion_pytorch_model.safetensors").read_bytes()
+    assert resumed_metrics == (repo / "data/metrics/train.json").read_text()

@@ -46,3 +46,15 @@ def test_truncated_weights_error_names_the_folder(tiny_model_factory, tmp_path):
         load_model(tmp_path / "m")
     with pytest.raises(ModelLoadError, match="model folder not found"):
         load_model(tmp_path / "missing")
+
+
+def test_same_params_and_seed_give_the_same_pretrain_metrics(smoke_workspace, tmp_path):
+    from stages import pretrain
+    from tests.conftest import SMOKE_PARAMS
+
+    pretrain.main(["--params", str(SMOKE_PARAMS), "--prompts", str(smoke_workspace / "prompts"), "--out",
+                   str(tmp_path / "base"), "--metrics", str(tmp_path / "pretrain.json"), "--checkpoints",
+                   str(tmp_path / "checkpoints"), "--no-progress"])
+    assert (tmp_path / "pretrain.json").read_text() == (smoke_workspace / "pretrain.json").read_text()
+    a = (tmp_path / "base/unet/diffusion_pytorch_model.safetensors").read_bytes()
+    assert a == (smoke_workspace / "base/unet/diffusion_pytorch_model.safetensors").read_bytes()
