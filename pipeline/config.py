@@ -261,6 +261,14 @@ def check_consistency(params: Params, source: str) -> None:
                 f"{source}: 'rl.tasks[{index}].samples_per_prompt' is {task.samples_per_prompt}; "
                 "group advantages need at least 2 samples per prompt"
             )
+        batch = task.prompts_per_iteration * task.samples_per_prompt
+        if batch % params.rl.optimizer_steps:  # RLTrainer.make_plan chunks the batch into optimizer_steps minibatches
+            raise ParamsError(
+                f"{source}: 'rl.tasks[{index}]' draws {task.prompts_per_iteration} prompts_per_iteration x "
+                f"{task.samples_per_prompt} samples_per_prompt = {batch} samples per iteration; expected a number "
+                f"divisible by 'rl.optimizer_steps' ({params.rl.optimizer_steps}): one equal minibatch per "
+                "gradient step"
+            )
     if params.model.kind == "tiny" and params.world.resolution % 4:
         raise ParamsError(f"{source}: 'world.resolution' must be a multiple of 4 for the tiny model")
 

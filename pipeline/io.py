@@ -25,11 +25,18 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         if directory:
             target.mkdir()
         yield target
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        os.replace(target, path)
+        if (path.is_dir() and not path.is_symlink()) or (directory and os.path.lexists(path)):
+            # a folder cannot be renamed over: move the previous output aside (into tmp, deleted
+            # below) and put it back if the rename fails, so it is never lost before the new one lands
+            aside = tmp / f"previous-{path.name}"
+            os.replace(path, aside)
+            try:
+                os.replace(target, path)
+            except BaseException:
+                os.replace(aside, path)
+                raise
+        else:
+            os.replace(target, path)  # atomic, also over an existing file or link
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

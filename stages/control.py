@@ -21,6 +21,28 @@ def control_steps(budget: dict, batch_size: int) -> int:
     return max(1, math.ceil(budget["unet_passes"] / (TRAIN_PASS_COST * batch_size)))
 
 
+def read_budget(path: str | Path) -> dict:
+    """finetune's budget.json: UNet forward-equivalents and seconds the RL run spent."""
+    import json
+
+    from pipeline.io import DataFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: finetune's budget file not found (run `dvc repro finetune`)")
+    try:
+        budget = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataFileError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); expected finetune's budget.json") \
+            from None
+    for key in ("unet_passes", "seconds"):
+        value = budget.get(key) if isinstance(budget, dict) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise DataFileError(f"{path}: expected a number under '{key}' (finetune's budget.json), got {value!r}; "
+                                "re-run `dvc repro finetune`")
+    return budget
+
+
 def main(argv: list[str] | None = None) -> None:
     p = parser("control", __doc__)
     p.add_argument("--base", default="data/models/base")
@@ -31,8 +53,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body(params) -> None:
-        import json
-
         from pipeline.io import atomic_path, write_json
         from pipeline.models.loading import load_model
         from pipeline.pretraining import pretrain
@@ -40,9 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.tracking import StageRun
         from pipeline.world.stream import SceneStream
 
-        if not Path(args.budget).is_file():
-            raise FileNotFoundError(f"{args.budget}: finetune's budget file not found (run `dvc repro finetune`)")
-        budget = json.loads(Path(args.budget).read_text())
+        budget = read_budget(args.budget)
         pt = params.pretrain
         steps = control_steps(budget, pt.batch_size)
         wall = params.control.budget == "wall_time"

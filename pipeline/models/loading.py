@@ -1,8 +1,11 @@
 """Build a new model from params or load a saved one, with errors that name the path."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.config import Params
 from pipeline.errors import ModelLoadError
@@ -21,6 +24,29 @@ def new_tiny_model(params: Params) -> TinyText2Image:
     )
 
 
+@contextlib.contextmanager
+def _quiet_libraries(level: int, progress_bars: bool) -> Iterator[None]:
+    """diffusers/transformers log lines below `level` (weight-file fallbacks, "Couldn't connect to the
+    Hub") and, unless `progress_bars`, transformers' "Loading weights" bar stay off stderr: a failed
+    load is reported as one line (ModelLoadError) instead."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    saved = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity(),
+             transformers_logging.is_progress_bar_enabled())
+    diffusers_logging.set_verbosity(max(level, saved[0]))
+    transformers_logging.set_verbosity(max(level, saved[1]))
+    if not progress_bars:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(saved[0])
+        transformers_logging.set_verbosity(saved[1])
+        if saved[2]:
+            transformers_logging.enable_progress_bar()
+
+
 def load_model(source: str | Path, params: Params | None = None) -> Text2ImageModel:
     """Load a saved model folder (tiny or Stable Diffusion layout) or, for SD, a hub id."""
     path = Path(source)
@@ -31,11 +57,13 @@ def load_model(source: str | Path, params: Params | None = None) -> Text2ImageMo
     if kind == "stable_diffusion":
         from pipeline.models.stable_diffusion import StableDiffusionModel
 
-        return StableDiffusionModel.load(str(source), params)
+        with _quiet_libraries(logging.ERROR, progress_bars=True):  # user folders: keep errors
+            return StableDiffusionModel.load(str(source), params)
     if not path.is_dir():
         raise ModelLoadError(f"{path}: model folder not found (run the stage that writes it, e.g. `dvc repro`)")
     try:
-        model = TinyText2Image.from_pretrained(path)
+        with _quiet_libraries(logging.CRITICAL, progress_bars=False):  # our own layout
+            model = TinyText2Image.from_pretrained(path)
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot load the model ({type(exc).__name__}: {exc}); "
                              "the weights are missing or truncated: re-run the stage that writes it") from None

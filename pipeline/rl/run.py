@@ -1,6 +1,7 @@
 """Build the trainer from params and drive it: iterations, checkpoints, resume, time limit, outputs."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -10,9 +11,12 @@ from tqdm.auto import tqdm
 
 from pipeline.checkpoints import load_latest, save_checkpoint
 from pipeline.config import Params
+from pipeline.errors import ModelLoadError
 from pipeline.io import read_jsonl
 from pipeline.models.base import Text2ImageModel
 from pipeline.pretraining import StreamBatches
+from pipeline.prompts import check_no_leak
+from pipeline.rewards.adapters import RewardLoadError
 from pipeline.rewards.registry import RewardContext, build_reward
 from pipeline.rl.trainer import Distributed, RLTrainer, TaskRuntime
 from pipeline.world.stream import SceneStream
@@ -23,12 +27,33 @@ PRETRAIN_STREAM_OFFSET = 1_000  # L_pre pairs come from a stream seeded apart fr
 def build_tasks(params: Params, prompts_dir: str | Path, reward_model_dir: str | Path | None,
                 reward_options: dict | None = None) -> list[TaskRuntime]:
     tasks = []
-    for task in params.rl.tasks:
+    for index, task in enumerate(params.rl.tasks):
         context = RewardContext(reward_model_dir=Path(reward_model_dir) if reward_model_dir else None,
                                 device=params.device, options={**(reward_options or {}), **task.reward_options})
         records = read_jsonl(Path(prompts_dir) / f"{task.prompts}.train.jsonl", required=("prompt",))
-        tasks.append(TaskRuntime(task, build_reward(task.reward, context), records))
+        if params.prompts.require_disjoint:
+            check_train_split(prompts_dir, task.prompts, records)
+        try:
+            reward = build_reward(task.reward, context)
+        except RewardLoadError as exc:
+            raise ModelLoadError(f"'rl.tasks[{index}].reward' ({task.reward!r}): {exc}") from None
+        tasks.append(TaskRuntime(task, reward, records))
     return tasks
+
+
+def check_train_split(prompts_dir: str | Path, corpus: str, train: list[dict]) -> None:
+    """Refuse train prompts that are also in `<corpus>.eval.jsonl` when the folder's manifest.json
+    (written by the `prompts` stage) promises that corpus a held-out split."""
+    manifest = Path(prompts_dir) / "manifest.json"
+    if not manifest.is_file():
+        return
+    try:
+        disjoint = json.loads(manifest.read_text()).get(corpus, {}).get("disjoint", False)
+    except (json.JSONDecodeError, AttributeError):
+        raise ValueError(f"{manifest}: expected the prompts stage's manifest (a JSON object per corpus)") from None
+    if disjoint:
+        held_out = read_jsonl(Path(prompts_dir) / f"{corpus}.eval.jsonl", required=("prompt",))
+        check_no_leak(train, held_out, str(Path(prompts_dir) / f"{corpus}.train.jsonl"))
 
 
 def build_trainer(model: Text2ImageModel, params: Params, tasks: list[TaskRuntime], dist: Distributed | None = None,
