@@ -211,3 +211,13 @@ def test_panel_raters_differ_but_share_a_taste():
     images = _images(_single(colour="red"), _single(colour="blue"), _single(colour="red", cx=0.02))
     utility = panel.utility(images, [spec] * 3)
     assert utility[0] > utility[1] and utility[0] > utility[2]
+
+
+def test_area_is_the_mean_object_size_so_extra_objects_do_not_pay():
+    reward = AreaReward()
+    one = Scene((ShapeObject("circle", "red", "small", 0.3, 0.5),))
+    two = Scene((ShapeObject("circle", "red", "small", 0.3, 0.5), ShapeObject("square", "blue", "small", 0.75, 0.5)),
+                "left of")
+    images = torch.from_numpy(np.stack([render(one, RES), render(two, RES)]))
+    scores = reward(images, ["a red circle"] * 2, [{}] * 2)
+    assert abs(float(scores[1]) - float(scores[0])) < 0.2 * float(scores[0])  # not ~2x

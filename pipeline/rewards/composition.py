@@ -46,16 +46,20 @@ class CompositionReward(Reward):
 
 
 def object_area_fraction(image: np.ndarray) -> float:
-    """Detected object area / image area; with no detection, the palette-coloured pixel share."""
+    """Mean detected object area / image area; with no detection, the palette-coloured pixel share.
+
+    The mean, not the sum: a summed area is raised by drawing extra objects, which the first
+    trial did (single-object accuracy fell from 0.81 to 0.23 while the summed area doubled).
+    """
     h, w = image.shape[:2]
     objects = detect(image)
     if objects:
-        return min(1.0, sum(o.area for o in objects) / (h * w))
+        return min(1.0, sum(o.area for o in objects) / len(objects) / (h * w))
     return float((classify_pixels(image) >= 0).mean())
 
 
 class AreaReward(Reward):
-    """Sanity reward: how much of the image the detected objects cover, in [0, 1]."""
+    """Sanity reward: the mean size of the detected objects as a fraction of the image, in [0, 1]."""
 
     name = "area"
     task = "single"
