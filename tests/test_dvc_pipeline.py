@@ -88,3 +88,15 @@ def test_killed_finetune_resumes_on_next_dvc_repro(dvc_repo):
     _run(["dvc", "repro", "-f", "finetune"], repo, env)
     assert resumed == (repo / "data/models/rl/unet/diffusion_pytorch_model.safetensors").read_bytes()
     assert resumed_metrics == (repo / "data/metrics/train.json").read_text()
+
+
+def test_metrics_diff_between_experiments(dvc_repo):
+    repo, env = dvc_repo
+    _run(["dvc", "repro"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "baseline"], repo, env)
+    _run(["dvc", "exp", "run", "-n", "faster-lr", "-S", "rl.lr=0.001"], repo, env)
+    diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD", "faster-lr", "--json"], repo, env))
+    evaluation = diff["data/metrics/eval.json"]
+    assert {"old", "new"} <= set(evaluation["win_rate.rl_vs_base.pooled"])
+    assert diff["data/metrics/train.json"]["unet_passes"]["old"] is not None

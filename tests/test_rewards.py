@@ -221,3 +221,13 @@ def test_area_is_the_mean_object_size_so_extra_objects_do_not_pay():
     images = torch.from_numpy(np.stack([render(one, RES), render(two, RES)]))
     scores = reward(images, ["a red circle"] * 2, [{}] * 2)
     assert abs(float(scores[1]) - float(scores[0])) < 0.2 * float(scores[0])  # not ~2x
+
+
+def test_size_reward_is_neutral_to_shape():
+    from pipeline.rewards.composition import SizeReward
+
+    scenes = [Scene((ShapeObject(shape, "red", size, 0.5, 0.5),)) for size in ("large", "small")
+              for shape in ("square", "triangle")]
+    scores = SizeReward()(torch.from_numpy(np.stack([render(s, RES) for s in scenes])), ["a shape"] * 4, [{}] * 4)
+    assert abs(float(scores[0] - scores[1])) < 0.1 * float(scores[0])  # square ~ triangle at one size
+    assert float(scores[1]) > float(scores[2]) and float(scores[0]) > float(scores[3])  # large > small

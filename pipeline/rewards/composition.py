@@ -68,3 +68,28 @@ class AreaReward(Reward):
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         return torch.tensor([object_area_fraction(image) for image in _numpy_images(images)], dtype=torch.float32)
+
+
+def object_extent(image: np.ndarray) -> float:
+    """Mean bounding-box side of the detected objects / image side; 0 when nothing is detected."""
+    objects = detect(image)
+    if not objects:
+        return 0.0
+    side = image.shape[0]
+    return float(np.mean([max(o.box[2] - o.box[0], o.box[3] - o.box[1]) / side for o in objects]))
+
+
+class SizeReward(Reward):
+    """Sanity reward that is neutral to shape: the mean box extent of the detected objects, in [0, 1].
+
+    Pixel area favours squares (a square fills its box, a triangle half of it); the box extent
+    rewards size alone.
+    """
+
+    name = "size"
+    task = "single"
+
+    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        return torch.tensor([object_extent(image) for image in _numpy_images(images)], dtype=torch.float32)

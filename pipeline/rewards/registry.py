@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 _REWARDS: dict[str, str] = {
     "composition": "pipeline.rewards.composition:CompositionReward",
     "area": "pipeline.rewards.composition:AreaReward",
+    "size": "pipeline.rewards.composition:SizeReward",
     "diversity": "pipeline.rewards.diversity:DiversityReward",
     "preference": "pipeline.rewards.preference:LearnedPreferenceReward",
     "clip_preference": "pipeline.rewards.adapters:ClipPreferenceReward",
