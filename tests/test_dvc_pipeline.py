@@ -95,8 +95,10 @@ def test_metrics_diff_between_experiments(dvc_repo):
     _run(["dvc", "repro"], repo, env)
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "baseline"], repo, env)
-    _run(["dvc", "exp", "run", "-n", "faster-lr", "-S", "rl.lr=0.001"], repo, env)
-    diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD", "faster-lr", "--json"], repo, env))
+    _run(["dvc", "exp", "run", "-n", "faster-lr", "-S", "rl.warmup_iterations=2"], repo, env)
+    diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD", "faster-lr", "--all", "--json"], repo, env))
     evaluation = diff["data/metrics/eval.json"]
     assert {"old", "new"} <= set(evaluation["win_rate.rl_vs_base.pooled"])
-    assert diff["data/metrics/train.json"]["unet_passes"]["old"] is not None
+    assert evaluation["win_rate.rl_vs_base.pooled"]["old"] is not None
+    assert diff["data/metrics/train.json"]["unet_passes"]["new"] is not None
+    assert any(v["old"] != v["new"] for v in diff["data/metrics/train.json"].values())  # the change shows
