@@ -25,10 +25,10 @@ def noise_seed(prompt: str, seed: int) -> int:
     return zlib.crc32(f"{prompt}|{seed}".encode()) & 0x7FFFFFFF
 
 
-def eval_rows(prompts_dir: str | Path, params: Params) -> list[dict]:
-    """One row per (eval prompt, seed); diversity prompts get `diversity_seeds` seeds each."""
+def eval_rows(prompts_dir: str | Path, params: Params, tasks: tuple[str, ...] = EVAL_CORPORA) -> list[dict]:
+    """One row per (eval prompt, seed) of `tasks`; diversity prompts get `diversity_seeds` seeds each."""
     rows = []
-    for task in EVAL_CORPORA:
+    for task in tasks:
         records = read_jsonl(Path(prompts_dir) / f"{task}.eval.jsonl", required=("prompt", "spec"))
         seeds = range(params.sampling.diversity_seeds) if task == "diversity" else params.sampling.seeds
         for index, record in enumerate(records):

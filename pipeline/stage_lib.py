@@ -2,41 +2,30 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from pipeline.config import Params
 from pipeline.evaluation.accuracy import spec_accuracy
-from pipeline.io import read_jsonl
 from pipeline.models.base import Text2ImageModel
-from pipeline.samples import noise_seed
-from pipeline.sampling import sample_images
+from pipeline.samples import eval_rows, sample_rows
+from pipeline.tracking import params_hash
 from pipeline.world.scene import PromptSpec
 
 
 def run_key(name: str, *parts) -> str:
     """A folder name that changes whenever anything that shapes the run changes."""
     dumped = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
-    digest = hashlib.sha256(json.dumps(dumped, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"{name}-{digest}"
+    return f"{name}-{params_hash(dumped)[:12]}"
 
 
 def evaluate_accuracy(model: Text2ImageModel, prompts_dir: str | Path, params: Params,
                       progress: bool = True) -> dict[str, float]:
     """Detector accuracy on the single and composition eval prompts x `sampling.seeds`."""
-    prompts, seeds, specs = [], [], []
-    for task in ("single", "composition"):
-        for record in read_jsonl(Path(prompts_dir) / f"{task}.eval.jsonl", required=("prompt", "spec")):
-            for seed in params.sampling.seeds:
-                prompts.append(record["prompt"])
-                seeds.append(noise_seed(record["prompt"], seed))
-                specs.append(PromptSpec.from_dict(record["spec"]))
-    s = params.sampling
-    images = sample_images(model, prompts, seeds, steps=s.steps, guidance=s.guidance, eta=s.eta,
-                           batch_size=s.batch_size, progress=progress)
-    return spec_accuracy(images.numpy(), specs)
+    rows = eval_rows(prompts_dir, params, tasks=("single", "composition"))
+    images = sample_rows(model, rows, params, progress=progress)
+    return spec_accuracy(images.numpy(), [PromptSpec.from_dict(r["spec"]) for r in rows])
 
 
 def folder_fingerprint(source: str | Path, max_bytes: int = 200_000_000) -> str:

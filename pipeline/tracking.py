@@ -72,7 +72,8 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def params_hash(params_dump: dict) -> str:
+def params_hash(params_dump) -> str:
+    """A short, stable hash of any JSON-able value."""
     return hashlib.sha256(json.dumps(params_dump, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

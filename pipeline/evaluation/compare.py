@@ -21,7 +21,8 @@ import numpy as np
 
 from pipeline.evaluation import judges
 from pipeline.evaluation.task_rewards import add_task_rewards
-from pipeline.evaluation.metrics import (attribute_balance, bootstrap_mean, composition_scores,
+from pipeline.evaluation.accuracy import composition_scores
+from pipeline.evaluation.metrics import (attribute_balance, bootstrap_mean,
                                          mean_pairwise_distance, stable_seed, win_outcomes, win_rate)
 from pipeline.io import write_json, write_text
 from pipeline.rewards.diversity import open_attribute, read_attribute, spec_of

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.rewards.diversity import ATTRIBUTE_CLASSES, attribute_entropy, statistical_parity
-from pipeline.world.detect import check_claims, claim_score, detect
-from pipeline.world.scene import PromptSpec
 
 LEVEL = 0.95
 
@@ -84,19 +82,6 @@ def win_rate(outcomes, clusters=None, resamples: int = 1000, seed: int = 0) -> E
     if ((outcomes < 0) | (outcomes > 1)).any():
         raise ValueError("win outcomes must lie in [0, 1]")
     return bootstrap_mean(outcomes, clusters, resamples, seed)
-
-
-def composition_scores(images: np.ndarray, specs: Sequence[PromptSpec]) -> dict[str, np.ndarray]:
-    """Per image: exact match, claim score, both objects right, relation right (floats in [0, 1])."""
-    out = {"exact": [], "claim_score": [], "objects": [], "relation": []}
-    for image, spec in zip(images, specs):
-        objects = detect(np.asarray(image))
-        claims = check_claims(objects, spec)
-        out["exact"].append(float(all(claims.values())))
-        out["claim_score"].append(claim_score(objects, spec))
-        out["objects"].append(float(all(v for k, v in claims.items() if k.startswith("object"))))
-        out["relation"].append(float(claims.get("relation", True)))
-    return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
 def max_parity(n_classes: int) -> float:

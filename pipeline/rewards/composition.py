@@ -58,16 +58,26 @@ def object_area_fraction(image: np.ndarray) -> float:
     return float((classify_pixels(image) >= 0).mean())
 
 
-class AreaReward(Reward):
-    """Sanity reward: the mean size of the detected objects as a fraction of the image, in [0, 1]."""
+class _ImageOnlyReward(Reward):
+    """A reward that scores each image alone, whatever its prompt, with `score_image`."""
 
-    name = "area"
     task = "single"
+
+    @staticmethod
+    def score_image(image: np.ndarray) -> float:
+        raise NotImplementedError
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        return torch.tensor([object_area_fraction(image) for image in _numpy_images(images)], dtype=torch.float32)
+        return torch.tensor([self.score_image(image) for image in _numpy_images(images)], dtype=torch.float32)
+
+
+class AreaReward(_ImageOnlyReward):
+    """Sanity reward: the mean size of the detected objects as a fraction of the image, in [0, 1]."""
+
+    name = "area"
+    score_image = staticmethod(object_area_fraction)
 
 
 def object_extent(image: np.ndarray) -> float:
@@ -79,7 +89,7 @@ def object_extent(image: np.ndarray) -> float:
     return float(np.mean([max(o.box[2] - o.box[0], o.box[3] - o.box[1]) / side for o in objects]))
 
 
-class SizeReward(Reward):
+class SizeReward(_ImageOnlyReward):
     """Sanity reward that is neutral to shape: the mean box extent of the detected objects, in [0, 1].
 
     Pixel area favours squares (a square fills its box, a triangle half of it); the box extent
@@ -87,9 +97,4 @@ class SizeReward(Reward):
     """
 
     name = "size"
-    task = "single"
-
-    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        return torch.tensor([object_extent(image) for image in _numpy_images(images)], dtype=torch.float32)
+    score_image = staticmethod(object_extent)
