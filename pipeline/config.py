@@ -60,7 +60,7 @@ class ModelParams(_Section):
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     resolution: int | None = Field(None, ge=8)  # Stable Diffusion image size in px; None = the UNet's own
-    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast, CUDA only
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast (CUDA, or a CPU with AVX-512 BF16)
     gradient_checkpointing: bool = False
 
     @model_validator(mode="after")

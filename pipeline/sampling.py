@@ -179,7 +179,7 @@ def sample_images(model: Text2ImageModel, prompts: list[str], seeds: list[int], 
         part = slice(start, start + batch_size)
         traj = sample_trajectories(model, prompts[part], seeds[part], steps=steps, guidance=guidance, eta=eta,
                                    uncond=uncond)
-        chunks.append(traj.images)
+        chunks.append(traj.images.cpu())  # images are scored and written on the CPU
         bar.update(len(traj))
     bar.close()
     return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.uint8)

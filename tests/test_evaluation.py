@@ -159,6 +159,28 @@ def test_pairwise_distance_and_judge_seed():
         assert judges.judge_seed(seed) not in (PANEL_SEED, label_seed(seed))
 
 
+def test_attribute_errors_name_what_a_hacked_image_gets_wrong():
+    from pipeline.evaluation.accuracy import attribute_errors
+    from pipeline.world import PromptSpec
+    from pipeline.world.detect import DetectedObject
+
+    def drawn(colour, shape, size):
+        return DetectedObject(colour, shape, size, (0, 0, 8, 8), 4.0, 4.0, 64)
+
+    small_red_circle = PromptSpec.from_dict({"objects": [{"colour": "red", "shape": "circle", "size": "small"}],
+                                             "relation": None})
+    red_shape = PromptSpec.from_dict({"objects": [{"colour": "red", "shape": None, "size": None}], "relation": None})
+    assert attribute_errors([drawn("red", "circle", "small")], small_red_circle) == {
+        "extra_objects": 0.0, "wrong_colour": 0.0, "wrong_shape": 0.0, "wrong_size": 0.0}
+    assert attribute_errors([drawn("red", "square", "large")], small_red_circle) == {
+        "extra_objects": 0.0, "wrong_colour": 0.0, "wrong_shape": 1.0, "wrong_size": 1.0}
+    assert attribute_errors([drawn("blue", "square", "large")], red_shape) == {  # unstated: never wrong
+        "extra_objects": 0.0, "wrong_colour": 1.0, "wrong_shape": 0.0, "wrong_size": 0.0}
+    two = [drawn("red", "circle", "small"), drawn("blue", "square", "large")]
+    assert attribute_errors(two, small_red_circle) == {  # which one was meant is ambiguous: count only
+        "extra_objects": 1.0, "wrong_colour": 0.0, "wrong_shape": 0.0, "wrong_size": 0.0}
+
+
 # -- the stage end to end --------------------------------------------------------------------------
 def test_evaluate_writes_flat_metrics_in_range(evaluated):
     _, _, m = evaluated
@@ -186,6 +208,12 @@ def test_evaluate_ranks_the_corrupted_model_last(evaluated):
     assert m["quality.rl"] > m["quality.base"]
     assert m["composition.rl.exact"] >= 0.9 > 0.8 > m["composition.base.exact"]
     assert m["composition.rl.claim_score"] > m["composition.base.claim_score"]
+    # clean renders: right on every stated attribute, whatever the size word; blank images draw nothing
+    for model in ("rl", "base"):
+        assert [m[f"composition.{model}.single_{kind}"] for kind in
+                ("extra_objects", "wrong_colour", "wrong_shape", "wrong_size")] == [0.0] * 4
+    assert m["composition.rl.single_small_exact"] == m["composition.rl.single_large_exact"] == 1.0
+    assert m["composition.base.single_small_exact"] < 1.0
     assert m["diversity.rl.pairwise_distance"] > 0
     # the training reward (smoke profile: composition) on held-out samples, with the paired gain
     assert m["reward.composition.rl"] > m["reward.composition.base"]

@@ -21,12 +21,13 @@ import numpy as np
 
 from pipeline.evaluation import judges
 from pipeline.evaluation.task_rewards import add_task_rewards
-from pipeline.evaluation.accuracy import composition_scores
+from pipeline.evaluation.accuracy import ERROR_KINDS, composition_scores
 from pipeline.evaluation.metrics import (attribute_balance, bootstrap_mean,
                                          mean_pairwise_distance, stable_seed, win_outcomes, win_rate)
 from pipeline.io import write_json, write_text
 from pipeline.rewards.diversity import open_attribute, read_attribute, spec_of
 from pipeline.samples import read_samples
+from pipeline.world.vocab import SIZES
 
 MODELS = ("base", "control", "rl")
 REQUIRED = ("base", "rl")
@@ -171,11 +172,26 @@ def add_composition(ev: Evaluation, data: Aligned) -> None:
                 if label:
                     ev.composition_rows.append({"model": model, "split": label, "exact": exact.value,
                                                 "claim_score": claim.value, "ci_low": exact.low, "ci_high": exact.high})
+            if not split and (~two).any():
+                add_single_object_diagnosis(ev, f"{prefix}single_", scores, data, ~two)
             both = mask & two & (scores["objects"] > 0)
             if (mask & two).any():
                 ev.metrics[f"{prefix}two_objects_right"] = float(scores["objects"][mask & two].mean())
                 ev.metrics[f"{prefix}two_relation_given_objects"] = (
                     float(scores["relation"][both].mean()) if both.any() else 0.0)
+
+
+def add_single_object_diagnosis(ev: Evaluation, prefix: str, scores: dict, data: Aligned, single: np.ndarray) -> None:
+    """Single-object prompts: exact accuracy by the prompt's size word (`small`, `large`, `nosize`)
+    and the share of images with extra objects or a wrong colour/shape/size: a reward that pays
+    for size contradicts "small" prompts and can turn shapes into squares (docs/experiments.md E7)."""
+    sizes = np.array([spec.objects[0].size or "nosize" if len(spec.objects) == 1 else "" for spec in data.specs])
+    for size in (*SIZES, "nosize"):
+        part = single & (sizes == size)
+        if part.any():
+            ev.estimate(f"{prefix}{size}_exact", scores["exact"][part], data.prompts[part])
+    for kind in ERROR_KINDS:
+        ev.estimate(f"{prefix}{kind}", scores[kind][single], data.prompts[single])
 
 
 def add_diversity(ev: Evaluation, data: Aligned) -> None:

@@ -17,11 +17,19 @@ def new_tiny_model(params: Params) -> TinyText2Image:
     from pipeline.world.vocab import vocabulary
 
     m = params.model
-    return TinyText2Image.from_config(
+    return _placed(TinyText2Image.from_config(
         words=vocabulary(), resolution=params.world.resolution, channels=m.channels, text_dim=m.text_dim,
         text_layers=m.text_layers, heads=m.attention_heads, prediction_type=m.prediction_type,
         beta_schedule=m.beta_schedule,
-    )
+    ), params)
+
+
+def _placed(model: TinyText2Image, params: Params) -> TinyText2Image:
+    """The tiny model on `params.device` with `model.mixed_precision` (SD's loader does the same)."""
+    from pipeline.runtime import resolve_device
+
+    model.mixed_precision = params.model.mixed_precision
+    return model.to(resolve_device(params.device))
 
 
 @contextlib.contextmanager
@@ -67,7 +75,9 @@ def load_model(source: str | Path, params: Params | None = None) -> Text2ImageMo
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot load the model ({type(exc).__name__}: {exc}); "
                              "the weights are missing or truncated: re-run the stage that writes it") from None
-    if params is not None and model.sample_shape[1] != params.world.resolution:
+    if params is None:
+        return model.eval()
+    if model.sample_shape[1] != params.world.resolution:
         raise ModelLoadError(f"{path}: the model was trained at {model.sample_shape[1]} px but "
                              f"'world.resolution' is {params.world.resolution}")
-    return model.eval()
+    return _placed(model, params).eval()

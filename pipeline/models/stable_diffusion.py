@@ -9,8 +9,8 @@ Options, read from params when present (see `SDOptions.from_params`):
 - `rl.lora_rank` > 0: LoRA adapters (peft) on the UNet's attention projections; only they train.
   0: full fine-tune, as the paper (Table 6).
 - `model.gradient_checkpointing`: recompute UNet activations in the backward pass.
-- `model.mixed_precision: bf16`: UNet, VAE and text encoder run under bf16 autocast on CUDA (weights
-  and optimiser state stay float32); a no-op on CPU. Outputs are cast back to float32.
+- `model.mixed_precision: bf16`: UNet, VAE and text encoder run under bf16 autocast (weights
+  and optimiser state stay float32), on CUDA or the CPU. Outputs are cast back to float32.
 - `model.resolution`: image size in pixels (default: the UNet's `sample_size` x the VAE's scale).
 
 `save_pretrained` writes the plain diffusers pipeline layout (`model_index.json` with `_class_name`),
@@ -24,7 +24,6 @@ it, so `data/models/base` can stand for SD 2 without copying its weights.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -46,7 +45,7 @@ MODEL_INDEX = "model_index.json"
 class SDOptions:
     lora_rank: int = 0  # 0 = full fine-tune
     gradient_checkpointing: bool = False
-    mixed_precision: str = "no"  # "no" | "bf16" (CUDA only)
+    mixed_precision: str = "no"  # "no" | "bf16"
     resolution: int | None = None  # pixels; None = the UNet's native size
     device: str | None = None  # where `load` puts the model; None = leave on CPU
 
@@ -184,12 +183,6 @@ class StableDiffusionModel(Text2ImageModel):
         self.lora_rank = rank
 
     # -- the contract -------------------------------------------------------------------------------
-    def autocast(self):
-        """bf16 autocast on CUDA when `mixed_precision` is bf16; otherwise a no-op."""
-        if self.mixed_precision == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """CLIP last hidden states over `model_max_length` tokens, as StableDiffusionPipeline encodes them."""
         tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,

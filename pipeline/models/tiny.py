@@ -95,12 +95,15 @@ class TinyText2Image(Text2ImageModel):
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(prompts), padding="max_length", max_length=MAX_LENGTH,
                                 truncation=True, return_tensors="pt").to(self.device)
-        out = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-        return torch.cat([out.pooler_output[:, None], out.last_hidden_state], dim=1)
+        with self.autocast():
+            out = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+        return torch.cat([out.pooler_output[:, None], out.last_hidden_state], dim=1).float()
 
     def predict(self, sample, timesteps, embeds):
         timesteps = torch.as_tensor(timesteps, device=sample.device).expand(sample.shape[0])
-        return self.denoiser(sample, timesteps, encoder_hidden_states=embeds, class_labels=embeds[:, 0]).sample
+        with self.autocast():
+            out = self.denoiser(sample, timesteps, encoder_hidden_states=embeds, class_labels=embeds[:, 0]).sample
+        return out.to(sample.dtype)
 
     @property
     def sample_shape(self):

@@ -37,8 +37,8 @@ def clipped_policy_loss(
             f"shape mismatch: log_prob {tuple(log_prob.shape)}, old_log_prob "
             f"{tuple(old_log_prob.shape)}, advantages {tuple(advantages.shape)}"
         )
-    advantages = advantages.detach().to(log_prob.dtype)
-    old_log_prob = old_log_prob.detach().to(log_prob.dtype)
+    advantages = advantages.detach().to(log_prob.device, log_prob.dtype)
+    old_log_prob = old_log_prob.detach().to(log_prob.device, log_prob.dtype)
     if mask is None:
         mask = torch.ones_like(log_prob, dtype=torch.bool)
     mask = mask.to(device=log_prob.device, dtype=torch.bool)

@@ -112,7 +112,7 @@ class RLTrainer:
     def make_plan(self, traj: Trajectory) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The (samples [m], steps [m, k]) of each optimiser step: shuffled minibatches x inner epochs."""
         rl, n = self.rl, len(traj)
-        stochastic = traj.log_probs.abs().sum(0) != 0
+        stochastic = (traj.log_probs.abs().sum(0) != 0).cpu()  # the plan lives on the CPU, like its generator
         plan = []
         for _ in range(rl.inner_epochs):
             steps = choose_train_steps(n, traj.log_probs.shape[1], rl.timestep_window, rl.train_timesteps,
