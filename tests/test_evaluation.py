@@ -252,6 +252,21 @@ def test_evaluate_without_reward_model_or_control_omits_those_keys(evaluated):
     assert not [k for k in m if "learned" in k or "overopt" in k or "control" in k]
 
 
+def test_task_rewards_are_measured_with_the_task_reward_options(evaluated):
+    from pipeline.config import load_params
+    from pipeline.evaluation.compare import Evaluation, load_models
+    from pipeline.evaluation.task_rewards import add_task_rewards
+
+    _, samples, m = evaluated
+    params = load_params(SMOKE_PARAMS)
+    task = params.rl.tasks[0].model_copy(update={"reward_options": {"count": "yes"}})
+    ev = Evaluation(params.model_copy(update={"rl": params.rl.model_copy(update={"tasks": [task]})}))
+    with pytest.warns(RuntimeWarning, match="option 'count' of reward 'composition' must be true or false"):
+        add_task_rewards(ev, load_models(samples), None)
+    assert not any(k.startswith("reward.composition") for k in ev.metrics)
+    assert m["reward.composition.rl"] > 0  # without options the same samples are scored
+
+
 def test_evaluate_rejects_unpaired_sample_sets():
     from pipeline.evaluation.compare import align
 

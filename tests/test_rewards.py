@@ -83,6 +83,20 @@ def test_composition_is_one_on_ground_truth_and_lower_when_wrong():
     assert torch.equal(reward(_images(right, wrong_colour, swapped), [prompt] * 3, [{}] * 3), scores)
 
 
+def test_composition_count_option_charges_for_extra_objects():
+    spec = PromptSpec((ObjectSpec("red", "circle"),), None)
+    prompt = caption_for_spec(spec)
+    alone = _single("circle", "red", "small", 0.3, 0.5)
+    crowded = _pair(ShapeObject("circle", "red", "small", 0.3, 0.5), ShapeObject("square", "blue", "small", 0.75, 0.5),
+                    "left of")
+    images, rows = _images(alone, crowded), [{"spec": spec.to_dict()}] * 2
+    assert CompositionReward()(images, [prompt] * 2, rows).tolist() == [1.0, 1.0]  # blind to the extra square
+    counted = build_reward("composition", RewardContext(options={"count": True}))
+    assert counted.count and counted(images, [prompt] * 2, rows).tolist() == [1.0, 0.5]  # object right, count wrong
+    with pytest.raises(ValueError, match="option 'count' of reward 'composition' must be true or false, got 'yes'"):
+        build_reward("composition", RewardContext(options={"count": "yes"}))
+
+
 def test_composition_one_on_sampled_ground_truth():
     rng = np.random.default_rng(0)
     specs = [sample_spec(rng, "composition") for _ in range(6)]

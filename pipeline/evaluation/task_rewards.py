@@ -7,6 +7,7 @@ Distribution-level rewards score each prompt's samples as one minibatch, as in t
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def add_task_rewards(ev, data, reward_model_dir: str | Path | None) -> None:
         if not subset.rows:
             continue
         try:
-            reward = build_reward(task.reward, context)
+            reward = build_reward(task.reward, dataclasses.replace(context, options=dict(task.reward_options)))
         except Exception as exc:  # e.g. no learned reward model: the other metrics still stand
             warnings.warn(f"reward {task.reward!r} unavailable for evaluation ({exc})", RuntimeWarning)
             continue

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.rewards.diversity import spec_of
-from pipeline.rewards.registry import Reward
+from pipeline.rewards.registry import Reward, RewardContext
 from pipeline.world.detect import claim_score, classify_pixels, detect
 
 
@@ -31,17 +31,32 @@ def _rows(metadata: list[dict] | None, n: int) -> list[dict]:
 
 
 class CompositionReward(Reward):
-    """claim_score of the detected objects against the prompt's spec, in [0, 1]."""
+    """claim_score of the detected objects against the prompt's spec, in [0, 1].
+
+    Option `count` (reward_options, default false as the paper's detector reward): the object
+    count is a claim too. Without it the reward cannot see extra objects, and RL learned to draw
+    them (docs/experiments.md E8)."""
 
     name = "composition"
     task = "composition"
+
+    def __init__(self, count: bool = False):
+        self.count = count
+
+    @classmethod
+    def build(cls, context: RewardContext) -> "CompositionReward":
+        count = (context.options or {}).get("count", False)
+        if not isinstance(count, bool):
+            raise ValueError(f"reward option 'count' of reward 'composition' must be true or false, got {count!r}")
+        return cls(count=count)
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         arrays = _numpy_images(images)
         rows = _rows(metadata, len(prompts))
-        scores = [claim_score(detect(image), spec_of(prompt, row)) for image, prompt, row in zip(arrays, prompts, rows)]
+        scores = [claim_score(detect(image), spec_of(prompt, row), count=self.count)
+                  for image, prompt, row in zip(arrays, prompts, rows)]
         return torch.tensor(scores, dtype=torch.float32)
 
 

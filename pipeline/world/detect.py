@@ -178,10 +178,12 @@ def exact_match(objects: list[DetectedObject], spec: PromptSpec) -> bool:
     return all(check_claims(objects, spec).values())
 
 
-def claim_score(objects: list[DetectedObject], spec: PromptSpec) -> float:
-    """The share of the spec's object and relation claims (not count) that hold, in [0, 1]."""
+def claim_score(objects: list[DetectedObject], spec: PromptSpec, count: bool = False) -> float:
+    """The share of the spec's object and relation claims that hold, in [0, 1]; with `count`, the
+    object-count claim is one of them (without it, drawing extra objects can only help)."""
     claims = check_claims(objects, spec)
-    claims.pop("count")
+    if not count:
+        claims.pop("count")
     return sum(claims.values()) / len(claims)
 
 
