@@ -192,7 +192,7 @@ def test_evaluate_writes_flat_metrics_in_range(evaluated):
         assert key in m, key
     for key, value in m.items():
         if key.startswith(("win_rate", "composition", "diversity.")) and not key.endswith((".n", ".prompts")):
-            assert 0.0 <= value <= 1.0, key
+            assert (-1.0 if ".rl_minus_" in key else 0.0) <= value <= 1.0, key
         if key + "_ci_low" in m:
             assert m[key + "_ci_low"] <= value + 1e-9 <= m[key + "_ci_high"] + 2e-9, key
 
@@ -214,6 +214,13 @@ def test_evaluate_ranks_the_corrupted_model_last(evaluated):
                 ("extra_objects", "wrong_colour", "wrong_shape", "wrong_size")] == [0.0] * 4
     assert m["composition.rl.single_small_exact"] == m["composition.rl.single_large_exact"] == 1.0
     assert m["composition.base.single_small_exact"] < 1.0
+    # paired differences in exact accuracy: identical sets differ by exactly 0, clean minus corrupted is positive
+    assert m["composition.rl_minus_control.two_exact"] == m["composition.rl_minus_control.single_exact_ci_high"] == 0.0
+    assert m["composition.rl_minus_base.two_exact"] == pytest.approx(
+        m["composition.rl.two_exact"] - m["composition.base.two_exact"])
+    for kind in ("single", "two"):
+        key = f"composition.rl_minus_base.{kind}_exact"
+        assert m[key + "_ci_low"] <= m[key] <= m[key + "_ci_high"] and m[key] > 0
     assert m["diversity.rl.pairwise_distance"] > 0
     # the training reward (smoke profile: composition) on held-out samples, with the paired gain
     assert m["reward.composition.rl"] > m["reward.composition.base"]

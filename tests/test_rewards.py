@@ -245,3 +245,19 @@ def test_size_reward_is_neutral_to_shape():
     scores = SizeReward()(torch.from_numpy(np.stack([render(s, RES) for s in scenes])), ["a shape"] * 4, [{}] * 4)
     assert abs(float(scores[0] - scores[1])) < 0.1 * float(scores[0])  # square ~ triangle at one size
     assert float(scores[1]) > float(scores[2]) and float(scores[0]) > float(scores[3])  # large > small
+
+
+def test_null_reward_is_deterministic_uniform_and_blind_to_content():
+    reward = build_reward("null")
+    rng = np.random.default_rng(0)
+    specs = [sample_spec(rng, "single") for _ in range(200)]
+    images = _images(*[sample_scene(rng, s) for s in specs])
+    prompts = [caption_for_spec(s) for s in specs]
+    scores = reward(images, prompts)
+    assert scores.shape == (200,) and ((scores >= 0) & (scores < 1)).all()
+    assert torch.equal(scores, reward(images.clone(), list(prompts)))  # same pixels and prompt, same score
+    assert abs(float(scores.mean()) - 0.5) < 0.06 and float(scores.std()) > 0.2  # uniform: mean 1/2, std 0.29
+    nudged = images.clone()
+    nudged[:, 0, 0, 0] ^= 1  # one pixel's lowest bit
+    assert not torch.isclose(reward(nudged, prompts), scores).any()
+

@@ -156,8 +156,8 @@ def add_composition(ev: Evaluation, data: Aligned) -> None:
     two = np.array([len(s.objects) == 2 for s in data.specs])
     unseen = np.array([bool(r.get("unseen", False)) for r in data.rows])
     splits = {"": np.ones(len(two), dtype=bool), "seen.": ~unseen, "unseen.": unseen}
-    for model, images in data.images.items():
-        scores = composition_scores(images, data.specs)
+    by_model = {model: composition_scores(images, data.specs) for model, images in data.images.items()}
+    for model, scores in by_model.items():
         for split, mask in splits.items():
             if not mask.any():
                 continue
@@ -179,6 +179,19 @@ def add_composition(ev: Evaluation, data: Aligned) -> None:
                 ev.metrics[f"{prefix}two_objects_right"] = float(scores["objects"][mask & two].mean())
                 ev.metrics[f"{prefix}two_relation_given_objects"] = (
                     float(scores["relation"][both].mean()) if both.any() else 0.0)
+    add_paired_accuracy(ev, by_model, data, two)
+
+
+def add_paired_accuracy(ev: Evaluation, by_model: dict, data: Aligned, two: np.ndarray) -> None:
+    """RL minus base and RL minus control in exact accuracy, paired image by image (same prompt and
+    seed), with the prompt-level bootstrap: the interval the issue's "RL above the control" asks for."""
+    for other in ("base", "control"):
+        if "rl" not in by_model or other not in by_model:
+            continue
+        for kind, part in (("single_", ~two), ("two_", two)):
+            if part.any():
+                pairs = np.stack([by_model["rl"]["exact"][part], by_model[other]["exact"][part]], 1)
+                ev.estimate(f"composition.rl_minus_{other}.{kind}exact", pairs, data.prompts[part], (1.0, -1.0))
 
 
 def add_single_object_diagnosis(ev: Evaluation, prefix: str, scores: dict, data: Aligned, single: np.ndarray) -> None:

@@ -22,6 +22,7 @@ _REWARDS: dict[str, str] = {
     "clip_preference": "pipeline.rewards.adapters:ClipPreferenceReward",
     "owl_detection": "pipeline.rewards.adapters:OwlDetectionReward",
     "clip_parity": "pipeline.rewards.adapters:ClipParityReward",
+    "null": "pipeline.rewards.null:NullReward",
 }
 
 
