@@ -28,6 +28,20 @@ def _isolated_tracking(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PIPELINE_MLFLOW_BUFFER", str(tmp_path_factory.mktemp("buffer")))
 
 
+def task_trainer(model, params, reward: str | None = None):
+    """An RLTrainer on params.rl.tasks[0] (its reward, or `reward`) over its corpus's train prompts,
+    built in memory: no prompt files, no stage."""
+    from pipeline.prompts import build_corpus
+    from pipeline.rewards.registry import build_reward
+    from pipeline.rl.run import build_trainer
+    from pipeline.rl.trainer import TaskRuntime
+
+    task = params.rl.tasks[0]
+    records = build_corpus(task.prompts, params.prompts, params.seed).train
+    runtime = TaskRuntime(task, build_reward(reward or task.reward), records)
+    return build_trainer(model, params, [runtime], progress=False)
+
+
 @pytest.fixture
 def smoke_params():
     from pipeline.config import load_params

@@ -7,20 +7,11 @@ returns float32 close to fp32, and a recomputed log-prob equals the sampled one 
 import pytest
 import torch
 
-from pipeline.prompts import build_corpus
-from pipeline.rewards.registry import build_reward
 from pipeline.rl.policy import recompute_log_probs
-from pipeline.rl.run import build_trainer
-from pipeline.rl.trainer import TaskRuntime
+from tests.conftest import task_trainer
 
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
-
-
-def _trainer(model, params):
-    task = params.rl.tasks[0]
-    records = build_corpus(task.prompts, params.prompts, params.seed).train
-    return build_trainer(model, params, [TaskRuntime(task, build_reward(task.reward), records)], progress=False)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -44,7 +35,7 @@ def test_rl_iteration_keeps_tensors_on_the_model_device_and_moves_weights(smoke_
     params = smoke_params.model_copy(update={"device": device})
     model = tiny_model_factory().to(device)
     model.mixed_precision = precision
-    trainer = _trainer(model, params)
+    trainer = task_trainer(model, params)
     batch, traj = trainer.sample_task(trainer.tasks[0], 0)
     assert traj.latents.device.type == device and traj.log_probs.device.type == device
     last = traj.log_probs.shape[1] - 1

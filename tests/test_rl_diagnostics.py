@@ -1,20 +1,10 @@
 """The gradient-agreement diagnostic: identical batches agree exactly, independent ones give a cosine."""
-from pipeline.prompts import build_corpus
-from pipeline.rewards.registry import build_reward
 from pipeline.rl.diagnostics import gradient_agreement, main
-from pipeline.rl.run import build_trainer
-from pipeline.rl.trainer import TaskRuntime
-from tests.conftest import SMOKE_PARAMS
-
-
-def _trainer(params, model):
-    task = params.rl.tasks[0].model_copy(update={"reward": "null"})  # an untrained model scores 0 on composition
-    records = build_corpus(task.prompts, params.prompts, params.seed).train
-    return build_trainer(model, params, [TaskRuntime(task, build_reward(task.reward), records)], progress=False)
+from tests.conftest import SMOKE_PARAMS, task_trainer
 
 
 def test_the_same_batch_twice_agrees_exactly_and_fresh_noise_does_not(smoke_params, tiny_model_factory):
-    trainer = _trainer(smoke_params, tiny_model_factory())
+    trainer = task_trainer(tiny_model_factory(), smoke_params, reward="null")  # untrained: composition scores 0
     same = gradient_agreement(trainer, repeats=1, seed_shift=0)
     assert abs(same["reward"][0] - 1.0) < 1e-5 and abs(same["shuffled"][0] - 1.0) < 1e-5
     fresh = gradient_agreement(trainer, repeats=2)

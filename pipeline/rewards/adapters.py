@@ -19,11 +19,10 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from pipeline.rewards.diversity import group_indices, statistical_parity
-from pipeline.rewards.registry import Reward, RewardContext
+from pipeline.rewards.registry import Reward, RewardContext, check_batch, numpy_images
 
 DEFAULT_CLIP_PREFERENCE = "yuvalkirstain/PickScore_v1"
 DEFAULT_CLIP_PREFERENCE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -56,16 +55,6 @@ def _load(loader: Callable[..., Any], source: str, what: str, **kwargs) -> Any:
         ) from error
 
 
-def _option(context: RewardContext, key: str, default: Any = None) -> Any:
-    return (context.options or {}).get(key, default)
-
-
-def _to_numpy_images(images: torch.Tensor) -> list[np.ndarray]:
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images (B, H, W, 3), got shape {tuple(images.shape)}")
-    return list(images.detach().to("cpu", torch.uint8).numpy())
-
-
 def _features(output: Any) -> torch.Tensor:
     """Projected embeddings from `get_*_features` (a tensor, or an output whose pooler_output holds them)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
@@ -87,7 +76,7 @@ class _ProcessorParts:
         self.image_processor = _load(AutoImageProcessor.from_pretrained, source, f"{what} image processor")
 
     def pixels(self, images: torch.Tensor, device: str) -> torch.Tensor:
-        out = self.image_processor(images=_to_numpy_images(images), return_tensors="pt")
+        out = self.image_processor(images=list(numpy_images(images)), return_tensors="pt")
         return out["pixel_values"].to(device)
 
 
@@ -111,10 +100,10 @@ class _ClipBase(Reward):
     @classmethod
     def _sources(cls, context: RewardContext) -> dict:
         return dict(
-            model_source=_option(context, "model", cls.default_model),
-            processor_source=_option(context, "processor", cls.default_processor),
+            model_source=context.option("model", cls.default_model),
+            processor_source=context.option("processor", cls.default_processor),
             device=context.device,
-            batch_size=_option(context, "batch_size", DEFAULT_BATCH_SIZE),
+            batch_size=context.option("batch_size", DEFAULT_BATCH_SIZE),
         )
 
     @torch.no_grad()
@@ -152,8 +141,7 @@ class ClipPreferenceReward(_ClipBase):
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        check_batch(images, prompts)
         if len(prompts) == 0:
             return torch.zeros(0)
         cosine = (self.image_embeds(images) * self.text_embeds(list(prompts))).sum(-1)
@@ -178,7 +166,7 @@ class ClipParityReward(_ClipBase):
 
     @classmethod
     def build(cls, context: RewardContext) -> "ClipParityReward":
-        return cls(classes=_option(context, "classes"), template=_option(context, "template", "{}"),
+        return cls(classes=context.option("classes"), template=context.option("template", "{}"),
                    **cls._sources(context))
 
     @torch.no_grad()
@@ -190,8 +178,7 @@ class ClipParityReward(_ClipBase):
         return [self.classes[i] for i in logits.argmax(-1).tolist()]
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        check_batch(images, prompts)
         predicted = self.classify(images)
         rewards = torch.zeros(len(prompts), dtype=torch.float32)
         for rows in group_indices(prompts, metadata).values():
@@ -261,11 +248,11 @@ class OwlDetectionReward(Reward):
     @classmethod
     def build(cls, context: RewardContext) -> "OwlDetectionReward":
         return cls(
-            model_source=_option(context, "model", DEFAULT_OWL),
-            processor_source=_option(context, "processor"),
+            model_source=context.option("model", DEFAULT_OWL),
+            processor_source=context.option("processor"),
             device=context.device,
-            batch_size=_option(context, "batch_size", DEFAULT_BATCH_SIZE),
-            query_template=_option(context, "query_template", DEFAULT_QUERY_TEMPLATE),
+            batch_size=context.option("batch_size", DEFAULT_BATCH_SIZE),
+            query_template=context.option("query_template", DEFAULT_QUERY_TEMPLATE),
         )
 
     @torch.no_grad()
@@ -287,8 +274,7 @@ class OwlDetectionReward(Reward):
         return out
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        check_batch(images, prompts)
         if len(prompts) == 0:
             return torch.zeros(0)
         confidences = self.object_confidences(images, [object_names(p) for p in prompts])

@@ -12,14 +12,8 @@ import numpy as np
 import torch
 
 from pipeline.rewards.diversity import spec_of
-from pipeline.rewards.registry import Reward, RewardContext
+from pipeline.rewards.registry import Reward, RewardContext, check_batch, numpy_images
 from pipeline.world.detect import claim_score, classify_pixels, detect
-
-
-def _numpy_images(images: torch.Tensor) -> np.ndarray:
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images (B, H, W, 3), got shape {tuple(images.shape)}")
-    return images.detach().cpu().numpy()
 
 
 def _rows(metadata: list[dict] | None, n: int) -> list[dict]:
@@ -45,15 +39,14 @@ class CompositionReward(Reward):
 
     @classmethod
     def build(cls, context: RewardContext) -> "CompositionReward":
-        count = (context.options or {}).get("count", False)
+        count = context.option("count", False)
         if not isinstance(count, bool):
             raise ValueError(f"reward option 'count' of reward 'composition' must be true or false, got {count!r}")
         return cls(count=count)
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        arrays = _numpy_images(images)
+        check_batch(images, prompts)
+        arrays = numpy_images(images)
         rows = _rows(metadata, len(prompts))
         scores = [claim_score(detect(image), spec_of(prompt, row), count=self.count)
                   for image, prompt, row in zip(arrays, prompts, rows)]
@@ -83,9 +76,8 @@ class _ImageOnlyReward(Reward):
         raise NotImplementedError
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        return torch.tensor([self.score_image(image) for image in _numpy_images(images)], dtype=torch.float32)
+        check_batch(images, prompts)
+        return torch.tensor([self.score_image(image) for image in numpy_images(images)], dtype=torch.float32)
 
 
 class AreaReward(_ImageOnlyReward):

@@ -21,7 +21,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import torch
 
-from pipeline.rewards.registry import Reward, RewardContext
+from pipeline.rewards.registry import Reward, RewardContext, check_batch
 from pipeline.world.captions import parse_caption
 from pipeline.world.detect import detect
 from pipeline.world.scene import PromptSpec
@@ -113,7 +113,7 @@ class DiversityReward(Reward):
 
     @classmethod
     def build(cls, context: RewardContext) -> "DiversityReward":
-        return cls(attribute=(context.options or {}).get("attribute", "colour"))
+        return cls(attribute=context.option("attribute", "colour"))
 
     def group_attribute(self, prompt: str, row: dict | None) -> str:
         try:
@@ -123,8 +123,7 @@ class DiversityReward(Reward):
         return open_attribute(spec, self.attribute)
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        check_batch(images, prompts)
         rewards = torch.zeros(len(prompts), dtype=torch.float32)
         for rows in group_indices(prompts, metadata).values():
             first = rows[0]

@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 import torch
 
-from pipeline.rewards.registry import Reward
+from pipeline.rewards.registry import Reward, check_batch, numpy_images
 
 
 def hashed_uniform(image: np.ndarray, prompt: str) -> float:
@@ -28,7 +28,5 @@ class NullReward(Reward):
     task = "single"
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        arrays = images.detach().cpu().numpy()
-        return torch.tensor([hashed_uniform(a, p) for a, p in zip(arrays, prompts)], dtype=torch.float32)
+        check_batch(images, prompts)
+        return torch.tensor([hashed_uniform(a, p) for a, p in zip(numpy_images(images), prompts)], dtype=torch.float32)

@@ -23,7 +23,7 @@ from torch import nn
 from pipeline.io import atomic_path
 from pipeline.rewards.adapters import RewardLoadError
 from pipeline.rewards.panel import PANEL_SEED, RaterPanel
-from pipeline.rewards.registry import Reward, RewardContext
+from pipeline.rewards.registry import Reward, RewardContext, check_batch
 from pipeline.world.vocab import ARTICLE, CONJUNCTION, RELATIONS, vocabulary
 
 CONFIG_NAME = "config.json"
@@ -385,9 +385,8 @@ class LearnedPreferenceReward(Reward):
             raise RewardLoadError("the preference reward needs a trained reward model folder "
                                   "(RewardContext.reward_model_dir); run `dvc repro reward_model` to train it")
         return cls(PreferenceModel.from_pretrained(context.reward_model_dir, device=context.device),
-                   batch_size=int((context.options or {}).get("batch_size", 256)))
+                   batch_size=int(context.option("batch_size", 256)))
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        check_batch(images, prompts)
         return self.model.score(images, list(prompts), batch_size=self.batch_size)

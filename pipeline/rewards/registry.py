@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 _REWARDS: dict[str, str] = {
@@ -38,6 +39,25 @@ class RewardContext:
     reward_model_dir: Path | None = None
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """The task's `reward_options[key]`, or `default`."""
+        return (self.options or {}).get(key, default)
+
+
+def check_batch(images: "torch.Tensor", prompts: list[str]) -> None:
+    """Every reward's first check: one prompt per image."""
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+
+
+def numpy_images(images: "torch.Tensor") -> "np.ndarray":
+    """uint8 images (B, H, W, 3) as a CPU numpy array, for rewards that score pixels."""
+    import torch
+
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images (B, H, W, 3), got shape {tuple(images.shape)}")
+    return images.detach().to("cpu", torch.uint8).numpy()
 
 
 class Reward(abc.ABC):

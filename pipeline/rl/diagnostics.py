@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.rl.loss import clipped_policy_loss
-from pipeline.rl.policy import choose_train_steps, recompute_log_probs
+from pipeline.rl.policy import choose_train_steps, recompute_log_probs, stochastic_steps
 from pipeline.rl.trainer import RLTrainer
 from pipeline.sampling import Trajectory, sample_trajectories
 
@@ -53,9 +53,9 @@ def gradient_agreement(trainer: RLTrainer, task_index: int = 0, repeats: int = 3
         grads = {"reward": [], "shuffled": []}
         for b, traj in ((batch, first), (twin, second)):
             advantages = trainer.score(task, b, traj)[1].advantages
-            stochastic = (traj.log_probs.abs().sum(0) != 0).cpu()
             steps = choose_train_steps(len(traj), traj.log_probs.shape[1], trainer.rl.timestep_window,
-                                       trainer.rl.train_timesteps, torch.Generator().manual_seed(repeat), stochastic)
+                                       trainer.rl.train_timesteps, torch.Generator().manual_seed(repeat),
+                                       stochastic_steps(traj))
             grads["reward"].append(policy_gradient(trainer, traj, advantages, steps))
             grads["shuffled"].append(policy_gradient(trainer, traj, advantages[order], steps))
         for key, (a, b) in grads.items():

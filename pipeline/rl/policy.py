@@ -7,6 +7,11 @@ from pipeline.models.base import Text2ImageModel
 from pipeline.sampling import Trajectory, ddim_transition, guided_prediction
 
 
+def stochastic_steps(traj: Trajectory) -> torch.Tensor:
+    """[n_steps] bool on the CPU: the steps with a log-prob to learn from (eta > 0 there)."""
+    return (traj.log_probs.abs().sum(0) != 0).cpu()
+
+
 def choose_train_steps(n_samples: int, n_steps: int, window: float, per_sample: int,
                        generator: torch.Generator, stochastic: torch.Tensor) -> torch.Tensor:
     """[n_samples, per_sample] step indices drawn without replacement from the noisy-end window.

@@ -23,7 +23,7 @@ from pipeline.rewards.registry import Reward
 from pipeline.rl.advantages import compute_advantages
 from pipeline.rl.batches import TaskBatch, draw_task_batch
 from pipeline.rl.loss import clipped_policy_loss
-from pipeline.rl.policy import choose_train_steps, recompute_log_probs
+from pipeline.rl.policy import choose_train_steps, recompute_log_probs, stochastic_steps
 from pipeline.sampling import Trajectory, sample_trajectories
 
 TRAIN_PASS_COST = 3  # a forward+backward UNet pass costs ~3 forward passes (compute budget unit)
@@ -112,7 +112,7 @@ class RLTrainer:
     def make_plan(self, traj: Trajectory) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The (samples [m], steps [m, k]) of each optimiser step: shuffled minibatches x inner epochs."""
         rl, n = self.rl, len(traj)
-        stochastic = (traj.log_probs.abs().sum(0) != 0).cpu()  # the plan lives on the CPU, like its generator
+        stochastic = stochastic_steps(traj)  # the plan lives on the CPU, like its generator
         plan = []
         for _ in range(rl.inner_epochs):
             steps = choose_train_steps(n, traj.log_probs.shape[1], rl.timestep_window, rl.train_timesteps,
