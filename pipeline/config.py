@@ -102,6 +102,17 @@ class TaskParams(_Section):
     advantage: Literal["group", "batch"] = "group"
     weight: float = Field(1.0, gt=0.0)  # scales this task's advantages in the joint objective
     reward_options: dict[str, Any] = Field(default_factory=dict)  # e.g. model, processor, classes
+    # Train prompts containing any of these words are left out of the task, e.g. [small] for a reward
+    # that grows objects (docs/experiments.md E19). Evaluation still scores the whole corpus.
+    exclude_words: list[str] = Field(default_factory=list)
+
+    @field_validator("exclude_words")
+    @classmethod
+    def _single_words(cls, words: list[str]) -> list[str]:
+        for word in words:
+            if not word.strip() or len(word.split()) != 1:
+                raise ValueError(f"each exclude word must be one non-empty word, got {word!r}")
+        return [word.strip().lower() for word in words]
 
 
 class RLParams(_Section):

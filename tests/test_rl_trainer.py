@@ -115,3 +115,25 @@ def test_joint_three_task_training_runs(smoke_workspace, tmp_path):
     history = pd.read_csv(tmp_path / "train.csv")
     assert list(history["task"]) == ["composition", "diversity", "area"]
     assert history["reward_mean"].notna().all()
+
+
+def test_exclude_words_leave_those_prompts_out_of_a_task(smoke_workspace):
+    from pipeline.rl.run import build_tasks
+
+    raw = yaml.safe_load(SMOKE_PARAMS.read_text())
+    raw["rl"]["tasks"] = [{"name": "area", "reward": "area", "prompts": "single", "exclude_words": ["Small"]}]
+    params = parse_params(raw)
+    every = build_tasks(parse_params({**raw, "rl": {**raw["rl"], "tasks": [{**raw["rl"]["tasks"][0],
+                                                                             "exclude_words": []}]}}),
+                        smoke_workspace / "prompts", None)[0].records
+    kept = build_tasks(params, smoke_workspace / "prompts", None)[0].records
+    small = [r for r in every if "small" in r["prompt"].split()]
+    assert small and len(kept) == len(every) - len(small)
+    assert not any("small" in r["prompt"].split() for r in kept)
+
+    raw["rl"]["tasks"][0]["exclude_words"] = ["small", "large", "a"]
+    with pytest.raises(ValueError, match=r"rl.tasks\[0\].exclude_words.*leaves none"):
+        build_tasks(parse_params(raw), smoke_workspace / "prompts", None)
+    raw["rl"]["tasks"][0]["exclude_words"] = ["two words"]
+    with pytest.raises(Exception, match="exclude_words"):
+        parse_params(raw)

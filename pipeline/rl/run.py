@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,12 +34,24 @@ def build_tasks(params: Params, prompts_dir: str | Path, reward_model_dir: str |
         records = read_jsonl(Path(prompts_dir) / f"{task.prompts}.train.jsonl", required=("prompt",))
         if params.prompts.require_disjoint:
             check_train_split(prompts_dir, task.prompts, records)
+        records = without_words(records, task.exclude_words, f"rl.tasks[{index}].exclude_words")
         try:
             reward = build_reward(task.reward, context)
         except RewardLoadError as exc:
             raise ModelLoadError(f"'rl.tasks[{index}].reward' ({task.reward!r}): {exc}") from None
         tasks.append(TaskRuntime(task, reward, records))
     return tasks
+
+
+def without_words(records: list[dict], words: list[str], key: str) -> list[dict]:
+    """The records whose prompt contains none of `words` (whole words, any case)."""
+    if not words:
+        return records
+    banned = set(words)
+    kept = [r for r in records if banned.isdisjoint(re.findall(r"[a-z]+", r["prompt"].lower()))]
+    if not kept:
+        raise ValueError(f"'{key}' ({words}) leaves none of the task's {len(records)} train prompts")
+    return kept
 
 
 def check_train_split(prompts_dir: str | Path, corpus: str, train: list[dict]) -> None:
