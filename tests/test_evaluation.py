@@ -221,6 +221,13 @@ def test_evaluate_ranks_the_corrupted_model_last(evaluated):
     for kind in ("single", "two"):
         key = f"composition.rl_minus_base.{kind}_exact"
         assert m[key + "_ci_low"] <= m[key] <= m[key + "_ci_high"] and m[key] > 0
+        # per split and score: the paired difference equals the difference of the two models' means
+        for split in ("", "seen.", "unseen."):
+            for score in ("exact", "claim_score"):
+                key = f"{split}{kind}_{score}"
+                assert m[f"composition.rl_minus_base.{key}"] == pytest.approx(
+                    m[f"composition.rl.{key}"] - m[f"composition.base.{key}"]), key
+                assert m[f"composition.rl_minus_control.{key}"] == 0.0, key
     assert m["diversity.rl.pairwise_distance"] > 0
     # the training reward (smoke profile: composition) on held-out samples, with the paired gain
     assert m["reward.composition.rl"] > m["reward.composition.base"]

@@ -179,19 +179,25 @@ def add_composition(ev: Evaluation, data: Aligned) -> None:
                 ev.metrics[f"{prefix}two_objects_right"] = float(scores["objects"][mask & two].mean())
                 ev.metrics[f"{prefix}two_relation_given_objects"] = (
                     float(scores["relation"][both].mean()) if both.any() else 0.0)
-    add_paired_accuracy(ev, by_model, data, two)
+    add_paired_accuracy(ev, by_model, data, two, splits)
 
 
-def add_paired_accuracy(ev: Evaluation, by_model: dict, data: Aligned, two: np.ndarray) -> None:
-    """RL minus base and RL minus control in exact accuracy, paired image by image (same prompt and
-    seed), with the prompt-level bootstrap: the interval the issue's "RL above the control" asks for."""
+def add_paired_accuracy(ev: Evaluation, by_model: dict, data: Aligned, two: np.ndarray, splits: dict) -> None:
+    """RL minus base and RL minus control in exact accuracy and claim score, paired image by image
+    (same prompt and seed), overall / seen / unseen, with the prompt-level bootstrap: the interval
+    the issue's "RL above the control" asks for. RL's composition gain can sit on the seen
+    colour-shape pairs alone (docs/experiments.md E18), hence the splits."""
     for other in ("base", "control"):
         if "rl" not in by_model or other not in by_model:
             continue
-        for kind, part in (("single_", ~two), ("two_", two)):
-            if part.any():
-                pairs = np.stack([by_model["rl"]["exact"][part], by_model[other]["exact"][part]], 1)
-                ev.estimate(f"composition.rl_minus_{other}.{kind}exact", pairs, data.prompts[part], (1.0, -1.0))
+        for split, mask in splits.items():
+            for kind, part in (("single_", mask & ~two), ("two_", mask & two)):
+                if not part.any():
+                    continue
+                for score in ("exact", "claim_score"):
+                    pairs = np.stack([by_model["rl"][score][part], by_model[other][score][part]], 1)
+                    ev.estimate(f"composition.rl_minus_{other}.{split}{kind}{score}", pairs, data.prompts[part],
+                                (1.0, -1.0))
 
 
 def add_single_object_diagnosis(ev: Evaluation, prefix: str, scores: dict, data: Aligned, single: np.ndarray) -> None:
