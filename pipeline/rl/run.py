@@ -48,7 +48,7 @@ def without_words(records: list[dict], words: list[str], key: str) -> list[dict]
     if not words:
         return records
     banned = set(words)
-    kept = [r for r in records if banned.isdisjoint(re.findall(r"[a-z]+", r["prompt"].lower()))]
+    kept = [r for r in records if banned.isdisjoint(re.findall(r"\w+", r["prompt"].lower()))]
     if not kept:
         raise ValueError(f"'{key}' ({words}) leaves none of the task's {len(records)} train prompts")
     return kept
