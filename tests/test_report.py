@@ -49,9 +49,14 @@ def report(tmp_path_factory):
 def test_report_files_and_content(report):
     out, metrics = report
     html, md = (out / "index.html").read_text(), (out / "report.md").read_text()
-    for section in ("Summary", "Win rates", "Reward over-optimisation", "Training", "Samples", "Runs compared",
-                    "Provenance", "Parameters"):
+    for section in ("Summary", "Paired differences", "Win rates", "Reward over-optimisation", "Training", "Samples",
+                    "Runs compared", "Provenance", "Parameters"):
         assert section in html and f"## {section}" in md, section
+    paired = md.split("## Paired differences")[1].split("## ")[0]
+    for split, prefix in (("all prompts", ""), ("seen combinations", "seen."), ("unseen combinations", "unseen.")):
+        key = f"composition.rl_minus_control.{prefix}two_exact"
+        row = next(line for line in paired.splitlines() if line.startswith(f"| two-object exact | {split} |"))
+        assert f"{metrics[key]:.3f} [{metrics[key + '_ci_low']:.3f}, {metrics[key + '_ci_high']:.3f}]" in row
     assert f"{metrics['win_rate.rl_vs_base.pooled']:.3f}" in md
     assert "single-task" in md and "joint" in md  # the runs table
     assert "abc123, def456" in md  # MLflow run ids from the environment

@@ -101,8 +101,13 @@ def build_document(inputs: ReportInputs) -> Document:
     doc.add(Text("Base model vs the compute-matched control (the base pretrained on for the same budget) vs the "
                  "RL fine-tuned model, on identical held-out prompts and seeds. Win rates are judged by a held-out "
                  "simulated rater panel; brackets are 95% bootstrap intervals over prompts."),
-            Heading("Summary"), tables.summary_table(m),
-            Heading("Win rates"))
+            Heading("Summary"), tables.summary_table(m))
+    if any(key.startswith("composition.rl_minus_") for key in m):
+        doc.add(Heading("Paired differences"),
+                Text("RL minus base and RL minus control on the same prompts and seeds, image by image. "
+                     "Seen combinations are colour-shape pairs that RL's training prompts contain; unseen "
+                     "ones are held out of every training corpus."), tables.paired_table(m))
+    doc.add(Heading("Win rates"))
     wins = tables.win_rate_estimates(m)
     if wins:
         doc.add(Figure("win_rate.png", figures.win_rate_chart(wins), "Win rate per task (dashed: 0.5, a tie)"))

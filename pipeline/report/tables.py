@@ -78,6 +78,20 @@ def win_rate_table(metrics: dict[str, float]) -> Table:
     return Table(["comparison", "task", "panel (held-out raters)", "learned reward model"], rows)
 
 
+PAIRED_SPLITS = (("all prompts", ""), ("seen combinations", "seen."), ("unseen combinations", "unseen."))
+PAIRED_KINDS = (("two-object exact", "two_exact"), ("single-object exact", "single_exact"))
+
+
+def paired_table(metrics: dict[str, float]) -> Table:
+    """RL minus base / control, image by image: RL above the control on two-object accuracy with an
+    interval above zero is the composition goal; the seen / unseen rows show where a gain sits."""
+    others = [o for o in ("base", "control") if f"composition.rl_minus_{o}.two_exact" in metrics]
+    rows = [[label, split_label] + [cell(metrics, f"composition.rl_minus_{o}.{split}{key}") for o in others]
+            for label, key in PAIRED_KINDS for split_label, split in PAIRED_SPLITS]
+    rows = [r for r in rows if any(c != MISSING for c in r[2:])]
+    return Table(["metric", "prompts"] + [f"RL minus {o}" for o in others], rows)
+
+
 def gap_table(metrics: dict[str, float]) -> Table:
     comparisons = list(dict.fromkeys(c for c, _ in estimates(metrics, "win_rate")))
     rows = [[c.replace("_vs_", " vs "), cell(metrics, f"win_rate.{c}.pooled"),
