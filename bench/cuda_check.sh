@@ -2,16 +2,11 @@
 # The GPU checks, as one script for a lent CUDA machine (never part of CI): the CUDA-only tests, then
 # bench/rl_iteration.py in fp32 and bf16 autocast on the default tiny model and on a 4x wider,
 # 64 px one. Results land in $OUT (default /tmp/cuda_check).
-# Wheels in .whl/ (the pinned diffusers/transformers/pydantic, `pip download`ed) are installed
-# to /tmp/site first when the machine lacks them.
+# The pinned wheels come from .whl/ when the machine lacks them (bench/device_env.sh).
 set -u
 OUT=${OUT:-/tmp/cuda_check}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+source bench/device_env.sh || exit 1
 nvidia-smi -L
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
 python3 -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_stable_diffusion.py -k "cuda or bf16" 2>&1 | tee "$OUT/pytest.log"

@@ -10,12 +10,7 @@
 set -eu
 BASE=$1; PARAMS=${2:-experiments/gpu_composition.yaml}; OUT=${OUT:-/tmp/e18}
 WORK=$(mktemp -d); mkdir -p "$OUT" "$WORK/samples"
-if [ -d .whl ] && ! python3 -c "import diffusers; assert diffusers.__version__ == '0.42.1'" 2>/dev/null; then
-  # the pinned wheels (pip download), for a machine that lacks them
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
+source bench/device_env.sh  # the pinned wheels from .whl/ where the machine lacks them
 stage() {  # stage NAME MODULE ARGS... ; then pack what the stage wrote
   local name=$1 module=$2 t0=$SECONDS; shift 2
   python3 -m "$module" "$@" --params "$PARAMS" --no-progress

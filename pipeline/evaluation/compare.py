@@ -179,10 +179,10 @@ def add_composition(ev: Evaluation, data: Aligned) -> None:
                 ev.metrics[f"{prefix}two_objects_right"] = float(scores["objects"][mask & two].mean())
                 ev.metrics[f"{prefix}two_relation_given_objects"] = (
                     float(scores["relation"][both].mean()) if both.any() else 0.0)
-    add_paired_accuracy(ev, by_model, data, two, splits)
+    add_paired_differences(ev, by_model, data, two, splits)
 
 
-def add_paired_accuracy(ev: Evaluation, by_model: dict, data: Aligned, two: np.ndarray, splits: dict) -> None:
+def add_paired_differences(ev: Evaluation, by_model: dict, data: Aligned, two: np.ndarray, splits: dict) -> None:
     """RL minus base and RL minus control in exact accuracy and claim score, paired image by image
     (same prompt and seed), overall / seen / unseen, with the prompt-level bootstrap: the interval
     the issue's "RL above the control" asks for. RL's composition gain can sit on the seen

@@ -14,27 +14,19 @@ import dataclasses
 import numpy as np
 import torch
 
-from pipeline.rl.loss import clipped_policy_loss
-from pipeline.rl.policy import choose_train_steps, recompute_log_probs, stochastic_steps
+from pipeline.rl.policy import choose_train_steps, stochastic_steps
 from pipeline.rl.trainer import RLTrainer
-from pipeline.sampling import Trajectory, sample_trajectories
+from pipeline.sampling import Trajectory
 
 SEED_SHIFT = 10**6  # the second batch's noise seeds: far from any the trainer draws
 
 
 def policy_gradient(trainer: RLTrainer, traj: Trajectory, advantages: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """The flattened gradient of the clipped loss over every sample of `traj` at `steps` [n, k]."""
-    model = trainer.model
-    model.zero_grad(set_to_none=True)
-    n = len(traj)
-    samples = torch.arange(n)[:, None].expand(-1, steps.shape[1]).reshape(-1)
-    chosen = steps.reshape(-1)
-    log_prob = recompute_log_probs(model, traj, samples, chosen, uncond=trainer.uncond,
-                                   guidance=trainer.sampling.guidance, eta=trainer.rl.eta, clamp_x0=trainer.rl.clamp_x0)
-    clipped_policy_loss(log_prob, traj.log_probs[samples, chosen], advantages[samples],
-                        trainer.rl.clip_range).loss.backward()
+    """The flattened gradient of the trainer's clipped loss over every sample of `traj` at `steps` [n, k]."""
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.policy_loss(traj, advantages, torch.arange(len(traj)), steps).loss.backward()
     grads = [p.grad.flatten() for p in trainer.parameters if p.grad is not None]
-    model.zero_grad(set_to_none=True)
+    trainer.model.zero_grad(set_to_none=True)
     return torch.cat(grads)
 
 
@@ -46,9 +38,7 @@ def gradient_agreement(trainer: RLTrainer, task_index: int = 0, repeats: int = 3
         batch, first = trainer.sample_task(task, task_index)
         twin = dataclasses.replace(batch, seeds=[s + seed_shift for s in batch.seeds],
                                    init_seeds=[s + seed_shift for s in batch.init_seeds])
-        second = sample_trajectories(trainer.model, twin.prompts, twin.seeds, init_seeds=twin.init_seeds,
-                                     steps=trainer.sampling.steps, guidance=trainer.sampling.guidance,
-                                     eta=trainer.rl.eta, clamp_x0=trainer.rl.clamp_x0, uncond=trainer.uncond)
+        second = trainer.sample(twin)
         order = torch.randperm(len(first), generator=torch.Generator().manual_seed(repeat))
         grads = {"reward": [], "shuffled": []}
         for b, traj in ((batch, first), (twin, second)):

@@ -95,13 +95,17 @@ class RLTrainer:
         batch = draw_task_batch(task.records, self.rng, prompts_per_iteration=p.prompts_per_iteration,
                                 samples_per_prompt=p.samples_per_prompt, share_group_noise=self.rl.share_group_noise,
                                 group_offset=self.dist.process_index * p.prompts_per_iteration)
+        return batch, self.sample(batch)
+
+    def sample(self, batch: TaskBatch) -> Trajectory:
+        """Trajectories of `batch` from the current policy, without gradients."""
         self.model.eval()
         traj = sample_trajectories(self.model, batch.prompts, batch.seeds, init_seeds=batch.init_seeds,
                                    steps=self.sampling.steps, guidance=self.sampling.guidance, eta=self.rl.eta,
                                    clamp_x0=self.rl.clamp_x0, uncond=self.uncond)
         cfg = 2 if self.uncond is not None else 1
         self._count(len(batch.prompts) * self.sampling.steps * cfg)
-        return batch, traj
+        return traj
 
     def score(self, task: TaskRuntime, batch: TaskBatch, traj: Trajectory):
         rewards = task.reward(traj.images, batch.prompts, batch.metadata).detach().float().cpu()
@@ -131,12 +135,7 @@ class RLTrainer:
         cfg = 2 if self.uncond is not None else 1
         self.model.train()
         for minibatch, steps in plan:
-            samples = minibatch[:, None].expand(-1, steps.shape[1]).reshape(-1)
-            chosen = steps.reshape(-1)
-            log_prob = recompute_log_probs(self.model, traj, samples, chosen, uncond=self.uncond,
-                                           guidance=self.sampling.guidance, eta=rl.eta, clamp_x0=rl.clamp_x0)
-            out = clipped_policy_loss(log_prob, traj.log_probs[samples, chosen], advantages[samples],
-                                      rl.clip_range, mask=valid[samples])
+            out = self.policy_loss(traj, advantages, minibatch, steps, valid)
             loss = out.loss
             if self.pretrain_batches and rl.pretrain_mode == "joint" and rl.pretrain_beta > 0:
                 loss = loss + rl.pretrain_beta * self._pretrain_loss()
@@ -147,12 +146,22 @@ class RLTrainer:
             self.schedule.step()
             if self.ema:
                 self.ema.update(self.model.unet)
-            self._count(TRAIN_PASS_COST * len(samples) * cfg)
+            self._count(TRAIN_PASS_COST * steps.numel() * cfg)
             for key, value in (("approx_kl", out.approx_kl), ("clip_fraction", out.clip_fraction),
                                ("ratio_mean", out.ratio_mean), ("loss_rl", out.loss.item())):
                 stats[key].append(value)
         self.last_step_losses = stats["loss_rl"]
         return {key: float(np.mean(values)) for key, values in stats.items()}
+
+    def policy_loss(self, traj: Trajectory, advantages: torch.Tensor, minibatch: torch.Tensor, steps: torch.Tensor,
+                    valid: torch.Tensor | None = None):
+        """The clipped surrogate over samples `minibatch` [m] at their `steps` [m, k], in one UNet call."""
+        samples = minibatch[:, None].expand(-1, steps.shape[1]).reshape(-1)
+        chosen = steps.reshape(-1)
+        log_prob = recompute_log_probs(self.model, traj, samples, chosen, uncond=self.uncond,
+                                       guidance=self.sampling.guidance, eta=self.rl.eta, clamp_x0=self.rl.clamp_x0)
+        return clipped_policy_loss(log_prob, traj.log_probs[samples, chosen], advantages[samples], self.rl.clip_range,
+                                   mask=None if valid is None else valid[samples])
 
     def _count(self, passes: int) -> None:
         """UNet forward-equivalents of the whole run (all processes), the control's budget."""
