@@ -103,8 +103,7 @@ class RLTrainer:
         traj = sample_trajectories(self.model, batch.prompts, batch.seeds, init_seeds=batch.init_seeds,
                                    steps=self.sampling.steps, guidance=self.sampling.guidance, eta=self.rl.eta,
                                    clamp_x0=self.rl.clamp_x0, uncond=self.uncond)
-        cfg = 2 if self.uncond is not None else 1
-        self._count(len(batch.prompts) * self.sampling.steps * cfg)
+        self._count(len(batch.prompts) * self.sampling.steps * self._rows_per_sample)
         return traj
 
     def score(self, task: TaskRuntime, batch: TaskBatch, traj: Trajectory):
@@ -132,7 +131,6 @@ class RLTrainer:
         plan = self.make_plan(traj) if plan is None else plan
         self.last_plan = plan
         stats = {"approx_kl": [], "clip_fraction": [], "ratio_mean": [], "grad_norm_rl": [], "loss_rl": []}
-        cfg = 2 if self.uncond is not None else 1
         self.model.train()
         for minibatch, steps in plan:
             out = self.policy_loss(traj, advantages, minibatch, steps, valid)
@@ -146,7 +144,7 @@ class RLTrainer:
             self.schedule.step()
             if self.ema:
                 self.ema.update(self.model.unet)
-            self._count(TRAIN_PASS_COST * steps.numel() * cfg)
+            self._count(TRAIN_PASS_COST * steps.numel() * self._rows_per_sample)
             for key, value in (("approx_kl", out.approx_kl), ("clip_fraction", out.clip_fraction),
                                ("ratio_mean", out.ratio_mean), ("loss_rl", out.loss.item())):
                 stats[key].append(value)
@@ -162,6 +160,11 @@ class RLTrainer:
                                        guidance=self.sampling.guidance, eta=self.rl.eta, clamp_x0=self.rl.clamp_x0)
         return clipped_policy_loss(log_prob, traj.log_probs[samples, chosen], advantages[samples], self.rl.clip_range,
                                    mask=None if valid is None else valid[samples])
+
+    @property
+    def _rows_per_sample(self) -> int:
+        """UNet rows a sample costs: 2 with classifier-free guidance (conditional and unconditional)."""
+        return 2 if self.uncond is not None else 1
 
     def _count(self, passes: int) -> None:
         """UNet forward-equivalents of the whole run (all processes), the control's budget."""
