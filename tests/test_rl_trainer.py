@@ -137,3 +137,41 @@ def test_exclude_words_leave_those_prompts_out_of_a_task(smoke_workspace):
     raw["rl"]["tasks"][0]["exclude_words"] = ["two words"]
     with pytest.raises(Exception, match="exclude_words"):
         parse_params(raw)
+
+
+def test_lora_on_the_tiny_model_trains_only_adapters_and_saves_them_fused(smoke_workspace, tmp_path):
+    raw = yaml.safe_load(SMOKE_PARAMS.read_text())
+    raw["rl"]["lora_rank"] = 2
+    params = parse_params(raw)
+    model = load_model(smoke_workspace / "base", params)
+    base = {n: p.detach().clone() for n, p in model.unet.named_parameters()}
+    x = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(3))
+    embeds = model.encode_prompts(["a red circle", "a large blue square"])
+    with torch.no_grad():
+        before = model.predict(x, torch.tensor([900, 300]), embeds)
+
+    from pipeline.rl.run import build_tasks
+
+    trainer = build_trainer(model, params, build_tasks(params, smoke_workspace / "prompts", None), progress=False)
+    assert model.lora_rank == 2
+    trainable = {n for n, p in model.unet.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert {id(p) for p in trainer.parameters} == {id(p) for n, p in model.unet.named_parameters() if n in trainable}
+    with torch.no_grad():  # B = 0 at init: the adapters start as the identity
+        assert torch.equal(model.predict(x, torch.tensor([900, 300]), embeds), before)
+
+    adapted = {n: p.detach().clone() for n, p in model.unet.named_parameters()}
+    trainer.iteration()
+    changed = {n for n, p in model.unet.named_parameters() if not torch.equal(p, adapted[n])}
+    assert changed and changed <= trainable and any("lora_B" in n for n in changed)
+
+    model.save_pretrained(tmp_path / "rl")
+    saved = load_model(tmp_path / "rl", load_params(SMOKE_PARAMS))
+    assert saved.lora_rank == 0 and not any("lora_" in n for n, _ in saved.unet.named_parameters())
+    plain = dict(saved.unet.named_parameters())
+    assert set(plain) == set(base)
+    moved = {n for n in plain if not torch.equal(plain[n], base[n])}
+    assert moved and all(any(t in n for t in ("to_q", "to_k", "to_v", "to_out")) for n in moved)
+    with torch.no_grad():
+        assert torch.allclose(saved.predict(x, torch.tensor([900, 300]), embeds),
+                              model.predict(x, torch.tensor([900, 300]), embeds), atol=1e-5)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 from pathlib import Path
 
 import torch
 from torch import nn
+
+LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")  # the UNet's attention projections, as DDPO's LoRA
 
 
 class Text2ImageModel(nn.Module, abc.ABC):
@@ -21,6 +24,7 @@ class Text2ImageModel(nn.Module, abc.ABC):
     scheduler: object
     vae: nn.Module | None  # None in pixel space; set by every implementation
     mixed_precision: str = "no"  # "bf16": the networks run under bf16 autocast (fp32 weights and optimiser)
+    lora_rank: int = 0  # > 0: rank of the LoRA adapters on the UNet (`enable_lora`); 0 = full fine-tune
 
     @abc.abstractmethod
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -66,7 +70,34 @@ class Text2ImageModel(nn.Module, abc.ABC):
         return self.unet if wrapped is None else wrapped
 
     def trainable_unet_parameters(self) -> list[nn.Parameter]:
+        """The LoRA parameters with LoRA on; every UNet parameter otherwise (full fine-tune)."""
         return [p for p in self.unet.parameters() if p.requires_grad]
+
+    def enable_lora(self, rank: int) -> None:
+        """Freeze the UNet and add trainable rank-`rank` LoRA adapters (peft) on its attention
+        projections. B = 0 at init, so the model's outputs are unchanged until a step is taken."""
+        from peft import LoraConfig
+
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        if self.lora_rank:
+            raise ValueError(f"this model already has rank-{self.lora_rank} LoRA adapters")
+        self.unet.requires_grad_(False)
+        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS),
+                                         init_lora_weights="gaussian"))
+        for name, parameter in self.unet.named_parameters():
+            parameter.requires_grad_("lora_" in name)
+        self.lora_rank = rank
+
+    def plain_unet(self) -> nn.Module:
+        """The UNet with any LoRA adapters fused into its weights (a copy; `self.unet` is untouched),
+        so a saved model is a plain diffusers UNet whoever loads it."""
+        if not getattr(self.unet, "_hf_peft_config_loaded", False):
+            return self.unet
+        fused = copy.deepcopy(self.unet)
+        fused.fuse_lora()
+        fused.unload_lora()
+        return fused
 
     @property
     def device(self) -> torch.device:

@@ -24,7 +24,6 @@ it, so `data/models/base` can stand for SD 2 without copying its weights.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ import torch.nn.functional as F
 from pipeline.errors import ModelLoadError
 from pipeline.models.base import Text2ImageModel, pixels_to_unit, unit_to_pixels
 
-LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 MIXED_PRECISION = ("no", "bf16")
 MODEL_INDEX = "model_index.json"
 
@@ -139,7 +137,6 @@ class StableDiffusionModel(Text2ImageModel):
         self.resolution = options.resolution or unet.config.sample_size * self.vae_scale_factor
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
-        self.lora_rank = 0
         if options.lora_rank > 0:
             self.enable_lora(options.lora_rank)
         if options.gradient_checkpointing:
@@ -170,17 +167,6 @@ class StableDiffusionModel(Text2ImageModel):
         if options.device:
             model.to(process_device(options.device))
         return model.eval()
-
-    def enable_lora(self, rank: int) -> None:
-        """Freeze the UNet and add trainable rank-`rank` LoRA adapters (B = 0: the model is unchanged)."""
-        from peft import LoraConfig
-
-        self.unet.requires_grad_(False)
-        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS),
-                                         init_lora_weights="gaussian"))
-        for name, parameter in self.unet.named_parameters():
-            parameter.requires_grad_("lora_" in name)
-        self.lora_rank = rank
 
     # -- the contract -------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -236,20 +222,6 @@ class StableDiffusionModel(Text2ImageModel):
                 latents = self.vae.encode(pixels).latent_dist.mean
             chunks.append((latents.float() - shift) * scale)
         return torch.cat(chunks)
-
-    def trainable_unet_parameters(self) -> list[torch.nn.Parameter]:
-        """The LoRA parameters with LoRA on; every UNet parameter otherwise (full fine-tune)."""
-        return [p for p in self.unet.parameters() if p.requires_grad]
-
-    # -- saving --------------------------------------------------------------------------------------
-    def plain_unet(self):
-        """The UNet with any LoRA adapters fused into its weights (a copy; `self.unet` is untouched)."""
-        if not getattr(self.unet, "_hf_peft_config_loaded", False):
-            return self.unet
-        fused = copy.deepcopy(self.unet)
-        fused.fuse_lora()
-        fused.unload_lora()
-        return fused
 
     def save_pretrained(self, directory):
         """diffusers' StableDiffusionPipeline layout (DDIM scheduler, no safety checker); LoRA fused."""

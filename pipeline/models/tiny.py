@@ -119,7 +119,7 @@ class TinyText2Image(Text2ImageModel):
     def save_pretrained(self, directory):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.unet.save_pretrained(directory / "unet")
+        self.plain_unet().save_pretrained(directory / "unet")  # LoRA, if any, fused
         self.text_encoder.save_pretrained(directory / "text_encoder")
         self.tokenizer.save_pretrained(directory / "tokenizer")
         self.scheduler.save_pretrained(directory / "scheduler")

@@ -74,6 +74,8 @@ def build_trainer(model: Text2ImageModel, params: Params, tasks: list[TaskRuntim
     for module in (getattr(model, "text_encoder", None), model.vae):
         if module is not None:
             module.requires_grad_(False)
+    if params.rl.lora_rank and model.lora_rank != params.rl.lora_rank:
+        model.enable_lora(params.rl.lora_rank)  # SD's loader may have added them already
     stream = SceneStream(params.seed + PRETRAIN_STREAM_OFFSET, params.world.resolution, params.world.two_object_prob)
     batches = StreamBatches(stream) if params.model.kind == "tiny" else None
     return RLTrainer(model, tasks, params.rl, params.sampling, params.seed, pretrain_batches=batches, dist=dist,
