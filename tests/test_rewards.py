@@ -227,6 +227,19 @@ def test_panel_raters_differ_but_share_a_taste():
     assert utility[0] > utility[1] and utility[0] > utility[2]
 
 
+def test_gated_area_pays_only_images_that_match_their_prompt():
+    gated = build_reward("area", RewardContext(options={"gate": True}))
+    images = _images(_single("circle", "red", "large"), _single("circle", "red", "large"),
+                     _single("square", "red", "large"), _single("circle", "red", "small"))
+    prompts = ["a large red circle", "a small red circle", "a large red circle", "a small red circle"]
+    plain = AreaReward()(images, prompts, [{}] * 4)
+    scores = gated(images, prompts, [{}] * 4)
+    assert scores[0] == plain[0] > 0 and scores[3] == plain[3] > 0  # faithful: the plain area
+    assert scores[1] == 0.0 and scores[2] == 0.0  # wrong size, wrong shape: nothing
+    with pytest.raises(ValueError, match="option 'gate' of reward 'area' must be true or false"):
+        build_reward("area", RewardContext(options={"gate": "yes"}))
+
+
 def test_area_is_the_mean_object_size_so_extra_objects_do_not_pay():
     reward = AreaReward()
     one = Scene((ShapeObject("circle", "red", "small", 0.3, 0.5),))

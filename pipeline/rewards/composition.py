@@ -5,6 +5,8 @@
   the relation), in [0, 1]: `claim_score(detect(image), spec)`.
 - `area`: a sanity reward, the detected object pixel area over the image area, in [0, 1]; with
   nothing detected, the share of pixels the detector calls palette-coloured, so it stays smooth.
+  Option `gate` (default false): only images whose detections satisfy every claim of their
+  prompt, the object count included, earn their area; the others score 0.
 """
 from __future__ import annotations
 
@@ -13,7 +15,14 @@ import torch
 
 from pipeline.rewards.diversity import spec_of
 from pipeline.rewards.registry import Reward, RewardContext, check_batch, numpy_images
-from pipeline.world.detect import claim_score, classify_pixels, detect
+from pipeline.world.detect import claim_score, classify_pixels, detect, exact_match
+
+
+def _bool_option(context: RewardContext, key: str, reward: str) -> bool:
+    value = context.option(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"reward option {key!r} of reward {reward!r} must be true or false, got {value!r}")
+    return value
 
 
 def _rows(metadata: list[dict] | None, n: int) -> list[dict]:
@@ -39,10 +48,7 @@ class CompositionReward(Reward):
 
     @classmethod
     def build(cls, context: RewardContext) -> "CompositionReward":
-        count = context.option("count", False)
-        if not isinstance(count, bool):
-            raise ValueError(f"reward option 'count' of reward 'composition' must be true or false, got {count!r}")
-        return cls(count=count)
+        return cls(count=_bool_option(context, "count", cls.name))
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
         check_batch(images, prompts)
@@ -81,10 +87,30 @@ class _ImageOnlyReward(Reward):
 
 
 class AreaReward(_ImageOnlyReward):
-    """Sanity reward: the mean size of the detected objects as a fraction of the image, in [0, 1]."""
+    """Sanity reward: the mean size of the detected objects as a fraction of the image, in [0, 1].
+
+    With `gate`, an image earns its area only when it is exactly what its prompt says (colour,
+    shape, size and one object each): growing a "small" object past the detector's size line,
+    or turning a circle into a square, then scores 0 (docs/experiments.md E24)."""
 
     name = "area"
     score_image = staticmethod(object_area_fraction)
+
+    def __init__(self, gate: bool = False):
+        self.gate = gate
+
+    @classmethod
+    def build(cls, context: RewardContext) -> "AreaReward":
+        return cls(gate=_bool_option(context, "gate", cls.name))
+
+    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
+        scores = super().__call__(images, prompts, metadata)
+        if not self.gate:
+            return scores
+        rows = _rows(metadata, len(prompts))
+        faithful = [exact_match(detect(image), spec_of(prompt, row))
+                    for image, prompt, row in zip(numpy_images(images), prompts, rows)]
+        return scores * torch.tensor(faithful, dtype=torch.float32)
 
 
 def object_extent(image: np.ndarray) -> float:
