@@ -274,3 +274,16 @@ def test_null_reward_is_deterministic_uniform_and_blind_to_content():
     nudged[:, 0, 0, 0] ^= 1  # one pixel's lowest bit
     assert not torch.isclose(reward(nudged, prompts), scores).any()
 
+
+
+def test_faithful_area_ceiling_keeps_small_objects_below_the_size_line():
+    from pipeline.evaluation.area_ceiling import area_ceilings
+    from pipeline.world.detect import LARGE_SIDE
+
+    rows = [{"prompt": p} for p in ("a small red circle", "a large blue square", "a green triangle")]
+    small, large, plain = area_ceilings(rows, RES, min_side=0.2, step=0.05)
+    assert small.side is not None and 0.27 <= small.side < LARGE_SIDE  # past the line it reads "large"
+    assert large.side >= 0.9 and large.area > 0.8  # a square may fill the image and stay a square
+    assert plain.side > LARGE_SIDE and small.area < plain.area < large.area  # a triangle fills half its box
+    with pytest.raises(ValueError, match="single-object prompt"):
+        area_ceilings([{"prompt": "a red circle left of a blue square"}], RES)
