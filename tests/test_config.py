@@ -32,6 +32,17 @@ def test_default_and_smoke_params_load():
     assert load_params(SMOKE_PARAMS).sampling.steps == 4
 
 
+@pytest.mark.parametrize("path", sorted([ROOT / "params.sd2.yaml", *(ROOT / "experiments").glob("*.yaml")]),
+                         ids=lambda p: p.name)
+def test_every_shipped_params_file_loads_and_names_known_rewards(path):
+    from pipeline.rewards.registry import RewardContext, build_reward
+
+    params = load_params(path)
+    for task in params.rl.tasks:
+        if task.reward in ("composition", "area", "size", "diversity", "null"):  # no model files needed
+            build_reward(task.reward, RewardContext(options=task.reward_options))
+
+
 def test_unknown_key_with_typo_suggestion(tmp_path):
     message = _error(tmp_path, lambda raw: raw["rl"].update(learning_rate=1e-4, lr_warmup=3))
     assert "bad.yaml" in message and "unknown key 'rl.learning_rate'" in message
