@@ -10,12 +10,15 @@
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
 from pipeline.rewards.diversity import spec_of
 from pipeline.rewards.registry import Reward, RewardContext, check_batch, numpy_images
 from pipeline.world.detect import claim_score, classify_pixels, detect, exact_match
+from pipeline.world.scene import PromptSpec
 
 
 def _bool_option(context: RewardContext, key: str, reward: str) -> bool:
@@ -31,6 +34,15 @@ def _rows(metadata: list[dict] | None, n: int) -> list[dict]:
     if len(metadata) != n:
         raise ValueError(f"got {n} images but {len(metadata)} metadata rows")
     return [row or {} for row in metadata]
+
+
+def score_against_prompts(images: torch.Tensor, prompts: list[str], metadata: list[dict] | None,
+                          score: Callable[[np.ndarray, list, PromptSpec], float]) -> torch.Tensor:
+    """`score(image, detections, spec)` for each image against its own prompt's spec, as a float tensor."""
+    check_batch(images, prompts)
+    rows = _rows(metadata, len(prompts))
+    return torch.tensor([score(image, detect(image), spec_of(prompt, row))
+                         for image, prompt, row in zip(numpy_images(images), prompts, rows)], dtype=torch.float32)
 
 
 class CompositionReward(Reward):
@@ -51,12 +63,8 @@ class CompositionReward(Reward):
         return cls(count=_bool_option(context, "count", cls.name))
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
-        check_batch(images, prompts)
-        arrays = numpy_images(images)
-        rows = _rows(metadata, len(prompts))
-        scores = [claim_score(detect(image), spec_of(prompt, row), count=self.count)
-                  for image, prompt, row in zip(arrays, prompts, rows)]
-        return torch.tensor(scores, dtype=torch.float32)
+        return score_against_prompts(images, prompts, metadata,
+                                     lambda image, objects, spec: claim_score(objects, spec, count=self.count))
 
 
 def object_area_fraction(image: np.ndarray, objects: list | None = None) -> float:
@@ -107,13 +115,8 @@ class AreaReward(_ImageOnlyReward):
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
         if not self.gate:
             return super().__call__(images, prompts, metadata)
-        check_batch(images, prompts)
-        scores = []
-        for image, prompt, row in zip(numpy_images(images), prompts, _rows(metadata, len(prompts))):
-            objects = detect(image)
-            faithful = exact_match(objects, spec_of(prompt, row))
-            scores.append(object_area_fraction(image, objects) if faithful else 0.0)
-        return torch.tensor(scores, dtype=torch.float32)
+        return score_against_prompts(images, prompts, metadata, lambda image, objects, spec: (
+            object_area_fraction(image, objects) if exact_match(objects, spec) else 0.0))
 
 
 def object_extent(image: np.ndarray) -> float:
