@@ -58,3 +58,30 @@ def test_same_params_and_seed_give_the_same_pretrain_metrics(smoke_workspace, tm
     assert (tmp_path / "pretrain.json").read_text() == (smoke_workspace / "pretrain.json").read_text()
     a = (tmp_path / "base/unet/diffusion_pytorch_model.safetensors").read_bytes()
     assert a == (smoke_workspace / "base/unet/diffusion_pytorch_model.safetensors").read_bytes()
+
+
+def test_gradient_checkpointing_option_reaches_the_tiny_unet_and_keeps_its_gradients(smoke_params, tmp_path):
+    """`model.gradient_checkpointing` used to be honoured by Stable Diffusion only; the tiny model now
+    recomputes UNet activations in backward too, with the same gradients."""
+    from pipeline.models.loading import new_tiny_model
+
+    def unet_gradients(params):
+        torch.manual_seed(0)
+        model = new_tiny_model(params).train()
+        x = torch.randn(4, *model.sample_shape)
+        embeds = model.encode_prompts(["a red circle", "a blue square", "", "a small green triangle"])
+        model.predict(x, torch.tensor([10, 200, 500, 900]), embeds).square().mean().backward()
+        return model, [p.grad.clone() for p in model.unet.parameters()]
+
+    plain_model, plain = unet_gradients(smoke_params)
+    assert not plain_model.unet.is_gradient_checkpointing
+    checkpointed_params = smoke_params.model_copy(
+        update={"model": smoke_params.model.model_copy(update={"gradient_checkpointing": True})})
+    checkpointed_model, checkpointed = unet_gradients(checkpointed_params)
+    assert checkpointed_model.unet.is_gradient_checkpointing
+    assert len(plain) == len(checkpointed)
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    checkpointed_model.save_pretrained(tmp_path / "m")
+    assert load_model(tmp_path / "m", checkpointed_params).unet.is_gradient_checkpointing
+    assert not load_model(tmp_path / "m", smoke_params).unet.is_gradient_checkpointing

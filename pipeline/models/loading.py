@@ -25,10 +25,13 @@ def new_tiny_model(params: Params) -> TinyText2Image:
 
 
 def _placed(model: TinyText2Image, params: Params) -> TinyText2Image:
-    """The tiny model on `params.device` with `model.mixed_precision` (SD's loader does the same)."""
+    """The tiny model on `params.device` with `model.mixed_precision` and `model.gradient_checkpointing`
+    (SD's loader does the same)."""
     from pipeline.runtime import resolve_device
 
     model.mixed_precision = params.model.mixed_precision
+    if params.model.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
     return model.to(resolve_device(params.device))
 
 
