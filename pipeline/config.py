@@ -255,7 +255,7 @@ def _reject_nan(node: Any, source: str, loc: tuple[Any, ...]) -> None:
 
 def check_consistency(params: Params, source: str) -> None:
     """Cross-key checks that pydantic field constraints cannot express."""
-    from pipeline.rewards.registry import known_rewards
+    from pipeline.rewards.registry import UnknownRewardOptionError, check_reward_options, known_rewards
 
     known = known_rewards()
     for index, task in enumerate(params.rl.tasks):
@@ -263,6 +263,10 @@ def check_consistency(params: Params, source: str) -> None:
             raise ParamsError(
                 f"{source}: 'rl.tasks[{index}].reward' is {task.reward!r}; known rewards: {', '.join(known)}"
             )
+        try:
+            check_reward_options(task.reward, task.reward_options)
+        except UnknownRewardOptionError as exc:
+            raise ParamsError(f"{source}: 'rl.tasks[{index}].reward_options': {exc}") from None
         if task.prompts not in PROMPT_TASKS:
             raise ParamsError(
                 f"{source}: 'rl.tasks[{index}].prompts' is {task.prompts!r}; known corpora: {', '.join(PROMPT_TASKS)}"

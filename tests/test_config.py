@@ -70,6 +70,17 @@ def test_unknown_reward_lists_known(tmp_path):
     assert "'rl.tasks[0].reward'" in message and "composition" in message and "diversity" in message
 
 
+def test_misspelt_reward_option_fails_naming_the_key_and_the_known_options(tmp_path):
+    """A typo such as `cont` for `count` used to train silently with the default."""
+    def misspell(raw):
+        raw["rl"]["tasks"][0].update(reward="composition", reward_options={"cont": True})
+
+    message = _error(tmp_path, misspell)
+    assert "'rl.tasks[0].reward_options'" in message and "'cont'" in message and "count" in message
+    message = _error(tmp_path, lambda raw: raw["rl"]["tasks"][0].update(reward="null", reward_options={"gate": True}))
+    assert "'gate'" in message and "takes no options" in message
+
+
 def test_nested_list_key_path(tmp_path):
     message = _error(tmp_path, lambda raw: raw["rl"]["tasks"][0].update(samples_per_prompt=0))
     assert "'rl.tasks[0].samples_per_prompt'" in message

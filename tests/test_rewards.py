@@ -62,6 +62,16 @@ def test_registry_builds_shapes_rewards():
     assert build_reward("diversity", RewardContext(options={"attribute": "shape"})).attribute == "shape"
 
 
+def test_reward_options_must_be_declared_in_the_registry():
+    from pipeline.rewards.registry import UnknownRewardOptionError
+
+    with pytest.raises(UnknownRewardOptionError, match=r"reward 'area' has no option 'gates'; its options are: gate"):
+        build_reward("area", RewardContext(options={"gates": True}))
+    # a reward that reads a key the registry does not declare fails at build, not silently
+    with pytest.raises(KeyError, match="'count' is read but not declared"):
+        RewardContext(options={}, declared=("gate",)).option("count")
+
+
 # -- composition ----------------------------------------------------------------------------------
 
 def test_composition_is_one_on_ground_truth_and_lower_when_wrong():

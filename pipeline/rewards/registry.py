@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,22 +14,30 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-_REWARDS: dict[str, str] = {
-    "composition": "pipeline.rewards.composition:CompositionReward",
-    "area": "pipeline.rewards.composition:AreaReward",
-    "size": "pipeline.rewards.composition:SizeReward",
-    "diversity": "pipeline.rewards.diversity:DiversityReward",
-    "preference": "pipeline.rewards.preference:LearnedPreferenceReward",
-    "clip_preference": "pipeline.rewards.adapters:ClipPreferenceReward",
-    "owl_detection": "pipeline.rewards.adapters:OwlDetectionReward",
-    "clip_parity": "pipeline.rewards.adapters:ClipParityReward",
-    "null": "pipeline.rewards.null:NullReward",
+# name -> ("module:class", the `reward_options` keys it reads). Declaring the keys here lets a params
+# file with a misspelt option fail at validation instead of silently training with the default.
+_REWARDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "composition": ("pipeline.rewards.composition:CompositionReward", ("count",)),
+    "area": ("pipeline.rewards.composition:AreaReward", ("gate",)),
+    "size": ("pipeline.rewards.composition:SizeReward", ()),
+    "diversity": ("pipeline.rewards.diversity:DiversityReward", ("attribute",)),
+    "preference": ("pipeline.rewards.preference:LearnedPreferenceReward", ("batch_size",)),
+    "clip_preference": ("pipeline.rewards.adapters:ClipPreferenceReward", ("model", "processor", "batch_size")),
+    "owl_detection": ("pipeline.rewards.adapters:OwlDetectionReward",
+                      ("model", "processor", "batch_size", "query_template")),
+    "clip_parity": ("pipeline.rewards.adapters:ClipParityReward",
+                    ("model", "processor", "batch_size", "classes", "template")),
+    "null": ("pipeline.rewards.null:NullReward", ()),
 }
 
 
 class UnknownRewardError(KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class UnknownRewardOptionError(ValueError):
+    """A `reward_options` key the reward does not read."""
 
 
 @dataclass
@@ -39,9 +47,12 @@ class RewardContext:
     reward_model_dir: Path | None = None
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
+    declared: tuple[str, ...] | None = None  # set by `build_reward`: the keys the reward declares
 
     def option(self, key: str, default: Any = None) -> Any:
         """The task's `reward_options[key]`, or `default`."""
+        if self.declared is not None and key not in self.declared:
+            raise KeyError(f"reward option {key!r} is read but not declared in pipeline.rewards.registry")
         return (self.options or {}).get(key, default)
 
 
@@ -79,8 +90,20 @@ def known_rewards() -> list[str]:
     return sorted(_REWARDS)
 
 
-def build_reward(name: str, context: RewardContext | None = None) -> Reward:
+def check_reward_options(name: str, options: dict[str, Any] | None) -> None:
+    """Raise UnknownRewardOptionError naming each key of `options` that reward `name` does not read."""
     if name not in _REWARDS:
         raise UnknownRewardError(f"unknown reward {name!r}; known rewards: {', '.join(known_rewards())}")
-    module, cls = _REWARDS[name].split(":")
-    return getattr(importlib.import_module(module), cls).build(context or RewardContext())
+    declared = _REWARDS[name][1]
+    unknown = sorted(set(options or {}) - set(declared))
+    if unknown:
+        expected = f"its options are: {', '.join(declared)}" if declared else "it takes no options"
+        raise UnknownRewardOptionError(f"reward {name!r} has no option {', '.join(map(repr, unknown))}; {expected}")
+
+
+def build_reward(name: str, context: RewardContext | None = None) -> Reward:
+    context = context or RewardContext()
+    check_reward_options(name, context.options)
+    path, declared = _REWARDS[name]
+    module, cls = path.split(":")
+    return getattr(importlib.import_module(module), cls).build(replace(context, declared=declared))
