@@ -102,3 +102,63 @@ def test_metrics_diff_between_experiments(dvc_repo):
     assert evaluation["win_rate.rl_vs_base.pooled"]["old"] is not None
     assert diff["data/metrics/train.json"]["unet_passes"]["new"] is not None
     assert any(v["old"] != v["new"] for v in diff["data/metrics/train.json"].values())  # the change shows
+
+
+# Modules that only move bytes, log, report errors or validate params: editing them cannot change a
+# stage's outputs. (The registry is imported by pipeline.config to name known rewards; stages that
+# score images list all of pipeline/rewards.)
+_NOT_OUTPUT_RELEVANT = {"pipeline/__init__.py", "pipeline/errors.py", "pipeline/io.py", "pipeline/tracking.py",
+                        "pipeline/tracking_buffer.py", "pipeline/checkpoints.py", "pipeline/rewards/registry.py",
+                        "stages/_cli.py"}
+
+
+def _module_file(module: str) -> Path | None:
+    path = ROOT / module.replace(".", "/")
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_project_files(path: Path) -> set[Path]:
+    """Project modules `path` imports anywhere (top level or inside functions), statically."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    found = (_module_file(n) for n in names if n.split(".")[0] in ("pipeline", "stages"))
+    return {f for f in found if f is not None}
+
+
+def _import_closure(start: Path) -> set[str]:
+    seen: set[Path] = set()
+    todo = [start]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(_imported_project_files(path))
+    return {p.relative_to(ROOT).as_posix() for p in seen}
+
+
+def test_every_stage_lists_the_pipeline_modules_it_imports_in_its_deps():
+    """A change to any module a stage runs (the detector, the model, a config default) must make
+    DVC re-run that stage; before this test, evaluate did not depend on the detector."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    missing = {}
+    for name, stage in stages.items():
+        deps = [d.rstrip("/") for d in stage["deps"] if not d.startswith("data/")]
+        script = next(d for d in deps if d.startswith("stages/"))
+        covered = lambda f: any(f == d or f.startswith(d + "/") for d in deps)  # noqa: E731
+        uncovered = sorted(f for f in _import_closure(ROOT / script) - _NOT_OUTPUT_RELEVANT if not covered(f))
+        if uncovered:
+            missing[name] = uncovered
+    assert not missing, f"dvc.yaml deps lack modules their stages import: {missing}"
+    assert "pipeline/world" in stages["evaluate"]["deps"] and "pipeline/models" in stages["sample_rl"]["deps"]
