@@ -97,6 +97,7 @@ def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_s
     ema = ParameterEMA(model, ema_decay) if ema_decay > 0 else None
     generator = torch.Generator().manual_seed(seed)
     result, start = PretrainResult(model=model), 0
+    running, earlier_seconds = [], 0.0  # losses since the last log line; wall time of earlier launches
     resumed = load_latest(checkpoint_dir) if checkpoint_dir else None
     if resumed:
         start, state = resumed
@@ -107,9 +108,10 @@ def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_s
         generator.set_state(state["generator"])
         restore_rng_state(state["rng"])
         result.losses = state["losses"]
+        running, earlier_seconds = state.get("running", []), state.get("seconds", 0.0)
         if ema:
             ema.load_state_dict(state["ema"])
-    began, running = time.perf_counter(), []
+    began = time.perf_counter()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="pretrain", disable=not progress)
     for step in bar:
         images, captions, _ = stream.next_batch(batch_size)
@@ -128,7 +130,7 @@ def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_s
             if log_fn:
                 log_fn({"pretrain/loss": mean, "pretrain/lr": schedule.get_last_lr()[0]}, step + 1)
             running = []
-        if max_seconds is not None and time.perf_counter() - began >= max_seconds:
+        if max_seconds is not None and earlier_seconds + time.perf_counter() - began >= max_seconds:
             steps = step + 1
             break
         if checkpoint_dir and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
@@ -136,8 +138,9 @@ def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_s
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "stream": stream.state_dict(), "generator": generator.get_state(), "rng": rng_state(),
                 "losses": result.losses, "ema": ema.state_dict() if ema else None,
+                "running": running, "seconds": earlier_seconds + time.perf_counter() - began,
             })
-    result.seconds = time.perf_counter() - began
+    result.seconds = earlier_seconds + time.perf_counter() - began
     result.steps = steps
     model.eval()
     result.model = ema.averaged(model) if ema else model

@@ -14,8 +14,12 @@ from pipeline.tracking import params_hash
 from pipeline.world.scene import PromptSpec
 
 
-def run_key(name: str, *parts) -> str:
-    """A folder name that changes whenever anything that shapes the run changes."""
+def run_key(name: str, params: Params, *parts) -> str:
+    """A checkpoint folder name that changes whenever anything that shapes the run changes: the seed,
+    device and thread count (CPU kernels reduce in a thread-dependent order) and `parts`, which must
+    name every params section and input folder fingerprint the run reads. A checkpoint of another
+    run must never be resumed."""
+    parts = (params.seed, params.device, params.threads, *parts)
     dumped = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
     return f"{name}-{params_hash(dumped)[:12]}"
 

@@ -21,8 +21,9 @@ def control_steps(budget: dict, batch_size: int) -> int:
     return max(1, math.ceil(budget["unet_passes"] / (TRAIN_PASS_COST * batch_size)))
 
 
-def read_budget(path: str | Path) -> dict:
-    """finetune's budget.json: UNet forward-equivalents and seconds the RL run spent."""
+def read_budget(path: str | Path, wall_time: bool = False) -> dict:
+    """finetune's budget.json: the UNet forward-equivalents the RL run spent and, for a wall-time
+    budget, its seconds."""
     import json
 
     from pipeline.io import DataFileError
@@ -35,11 +36,12 @@ def read_budget(path: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise DataFileError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); expected finetune's budget.json") \
             from None
-    for key in ("unet_passes", "seconds"):
+    for key in ("unet_passes", "seconds") if wall_time else ("unet_passes",):
         value = budget.get(key) if isinstance(budget, dict) else None
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-            raise DataFileError(f"{path}: expected a number under '{key}' (finetune's budget.json), got {value!r}; "
-                                "re-run `dvc repro finetune`")
+            hint = " (finetune writes it when control.budget is wall_time)" if key == "seconds" else ""
+            raise DataFileError(f"{path}: expected a number under '{key}' (finetune's budget.json), got {value!r}"
+                                f"{hint}; re-run `dvc repro finetune`")
     return budget
 
 
@@ -60,12 +62,12 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.tracking import StageRun
         from pipeline.world.stream import SceneStream
 
-        budget = read_budget(args.budget)
+        wall = params.control.budget == "wall_time"
+        budget = read_budget(args.budget, wall_time=wall)
         pt = params.pretrain
         steps = control_steps(budget, pt.batch_size)
-        wall = params.control.budget == "wall_time"
-        key = run_key("control", params.seed, params.control, pt, budget if wall else budget["unet_passes"],
-                      folder_fingerprint(args.base))
+        key = run_key("control", params, params.control, pt, params.world, params.model,
+                      budget if wall else budget["unet_passes"], folder_fingerprint(args.base))
         model = load_model(args.base, params)
         stream = SceneStream(params.seed + CONTROL_STREAM_OFFSET, params.world.resolution, params.world.two_object_prob)
         with StageRun("control", params.model_dump(mode="json")) as run:

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
 
         tasks = build_tasks(params, args.prompts, args.reward_model)
         model = load_model(args.base, params)
-        key = run_key("finetune", params.seed, params.rl, params.sampling, params.world, folder_fingerprint(args.base))
+        key = run_key("finetune", params, params.rl, params.sampling, params.world, params.model,
+                      folder_fingerprint(args.base), folder_fingerprint(args.reward_model), folder_fingerprint(args.prompts))
         dist = setup_distributed(model, params.device)
         tracker = StageRun("finetune", params.model_dump(mode="json")) if dist.is_main else _Untracked()
         with tracker as run:
@@ -72,8 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                 model.save_pretrained(tmp)
             write_json(args.metrics, metrics)
             write_text(args.plots, pd.DataFrame(history).to_csv(index=False))
-            write_json(args.budget, {"unet_passes": trainer.state.unet_passes, "seconds": timing["seconds"],
-                                     "iterations": trainer.state.iteration, "stopped_by": timing["stopped_by"]})
+            write_json(args.budget, budget_record(trainer.state, timing, params.control.budget))
             run.log_metrics(metrics)
             for path in (args.metrics, args.plots):
                 run.log_artifact(path)
@@ -81,6 +81,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"finetune: {metrics}")
 
     run_main("finetune", args, body)
+
+
+def budget_record(state, timing: dict, control_budget: str) -> dict:
+    """What the control stage matches. The seconds go in only for `control.budget: wall_time`: they
+    differ on every run, and a budget file that always changes would make DVC re-run the control
+    after every finetune, even when the UNet passes it matches are the same (a sweep over rl.lr)."""
+    record = {"unet_passes": state.unet_passes, "iterations": state.iteration, "stopped_by": timing["stopped_by"]}
+    if control_budget == "wall_time":
+        record["seconds"] = timing["seconds"]
+    return record
 
 
 if __name__ == "__main__":

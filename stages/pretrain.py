@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"pretrain: base is {params.model.pretrained} (pointer in {args.out})")
             return
         pt = params.pretrain
-        key = run_key("pretrain", params.seed, params.world, params.model, pt)
+        key = run_key("pretrain", params, params.world, params.model, pt)
         with StageRun("pretrain", params.model_dump(mode="json")) as run:
             model = new_tiny_model(params)
             stream = SceneStream(params.seed, params.world.resolution, params.world.two_object_prob)

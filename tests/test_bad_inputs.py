@@ -209,7 +209,7 @@ def _corrupt_checkpoint(env: Env) -> None:
     from pipeline.stage_lib import run_key
 
     params = load_params(env.params)
-    key = run_key("pretrain", params.seed, params.world, params.model, params.pretrain)  # as stages/pretrain.py
+    key = run_key("pretrain", params, params.world, params.model, params.pretrain)  # as stages/pretrain.py
     folder = env.checkpoints / key
     folder.mkdir(parents=True)
     (folder / "step-000003.pt").write_bytes(b"PK\x03\x04 truncated checkpoint")

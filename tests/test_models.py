@@ -85,3 +85,22 @@ def test_gradient_checkpointing_option_reaches_the_tiny_unet_and_keeps_its_gradi
     checkpointed_model.save_pretrained(tmp_path / "m")
     assert load_model(tmp_path / "m", checkpointed_params).unet.is_gradient_checkpointing
     assert not load_model(tmp_path / "m", smoke_params).unet.is_gradient_checkpointing
+
+
+def test_resumed_pretraining_keeps_the_partial_loss_average_and_the_elapsed_time(tiny_model_factory, tmp_path):
+    """Resumed at step 4 with log_every 3: the last logged loss (steps 4-6) must include step 4, whose
+    loss was taken before the interruption; the wall time must include the first launch's."""
+    from pipeline.pretraining import pretrain
+    from pipeline.world.stream import SceneStream
+
+    def run():
+        torch.manual_seed(0)
+        return pretrain(tiny_model_factory(seed=0).train(), SceneStream(3), steps=6, batch_size=4, lr=1e-3,
+                        warmup_steps=1, weight_decay=0.0, ema_decay=0.0, caption_dropout=0.1, seed=0,
+                        checkpoint_dir=tmp_path / "ck", checkpoint_every=2, log_every=3, progress=False)
+
+    straight = run()  # leaves checkpoints at steps 2 and 4
+    assert [step for step, _ in straight.losses] == [3, 6]
+    resumed = run()  # resumes from step 4
+    assert resumed.losses == straight.losses
+    assert resumed.seconds > straight.seconds * 0.5  # steps 1-4 ran in the first launch only

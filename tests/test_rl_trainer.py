@@ -1,4 +1,5 @@
 """The RL trainer end to end on the smoke profile: resume after SIGKILL is bitwise, bad rewards are skipped."""
+import json
 import os
 import signal
 import subprocess
@@ -6,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -20,9 +22,10 @@ from tests.conftest import SMOKE_PARAMS
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _params_file(tmp_path: Path, **rl_overrides) -> Path:
+def _params_file(tmp_path: Path, control_budget: str = "unet_passes", **rl_overrides) -> Path:
     raw = yaml.safe_load(SMOKE_PARAMS.read_text())
     raw["rl"].update(rl_overrides)
+    raw["control"]["budget"] = control_budget
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -38,7 +41,7 @@ def _finetune_args(ws: Path, params: Path, out: Path) -> list[str]:
 def test_resume_after_sigkill_is_bitwise_equal(smoke_workspace, tmp_path):
     from stages import finetune
 
-    params = _params_file(tmp_path, iterations=4, checkpoint_every=1)
+    params = _params_file(tmp_path, control_budget="wall_time", iterations=4, checkpoint_every=1)
     finetune.main(_finetune_args(smoke_workspace, params, tmp_path / "straight"))
 
     killed = tmp_path / "killed"
@@ -60,6 +63,37 @@ def test_resume_after_sigkill_is_bitwise_equal(smoke_workspace, tmp_path):
     assert (tmp_path / "straight" / "train.csv").read_text() != ""
     straight = (tmp_path / "straight" / "train.json").read_text()
     assert straight == (killed / "train.json").read_text()
+    # the wall time handed to the control counts the iterations before the kill too
+    history = pd.read_csv(killed / "train.csv").drop_duplicates("iteration")
+    budget = json.loads((killed / "budget.json").read_text())
+    assert budget["iterations"] == 4 and budget["seconds"] >= 0.99 * history["iteration_seconds"].sum()
+
+
+def test_a_checkpoint_of_a_run_with_other_prompts_is_not_resumed(smoke_workspace, tmp_path):
+    """The checkpoint folder's name covers the prompts and reward-model folders, not only params."""
+    import shutil
+
+    from stages import finetune
+
+    params = _params_file(tmp_path, iterations=2, checkpoint_every=1)
+    finetune.main(_finetune_args(smoke_workspace, params, tmp_path / "out"))  # leaves a step-1 checkpoint
+    prompts = tmp_path / "prompts"
+    shutil.copytree(smoke_workspace / "prompts", prompts)
+    train = prompts / "composition.train.jsonl"
+    train.write_text("".join(reversed(train.read_text().splitlines(keepends=True))))
+
+    def with_other_prompts(out: Path) -> list[str]:
+        args = _finetune_args(smoke_workspace, params, out)
+        args[args.index("--prompts") + 1] = str(prompts)
+        return args
+
+    finetune.main(with_other_prompts(tmp_path / "out"))
+    assert len(list((tmp_path / "out" / "checkpoints").iterdir())) == 2
+    first = pd.read_csv(tmp_path / "out" / "train.csv")
+    fresh = tmp_path / "fresh"
+    finetune.main(with_other_prompts(fresh))
+    pd.testing.assert_frame_equal(first.drop(columns=["seconds", "iteration_seconds"]),
+                                  pd.read_csv(fresh / "train.csv").drop(columns=["seconds", "iteration_seconds"]))
 
 
 class _NaNReward(Reward):

@@ -85,18 +85,20 @@ def build_trainer(model: Text2ImageModel, params: Params, tasks: list[TaskRuntim
 def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None, checkpoint_every: int,
           max_minutes: float | None = None, log_fn: Callable[[dict, int], None] | None = None,
           progress: bool = True, stop_after: int | None = None) -> dict:
-    """Run until `iterations` (resuming from the newest checkpoint); returns timing and stop reason."""
+    """Run until `iterations` (resuming from the newest checkpoint); returns timing and stop reason.
+    `seconds` and `max_minutes` count the iterations of every launch, not only this one's."""
     if checkpoint_dir and trainer.dist.num_processes > 1:  # every process resumes its own RNG streams
         checkpoint_dir = Path(checkpoint_dir) / f"process-{trainer.dist.process_index}"
     resumed = load_latest(checkpoint_dir) if checkpoint_dir else None
     if resumed:
         trainer.load_state_dict(resumed[1])
-    began = time.perf_counter()
     reason = "iterations"
     bar = tqdm(total=iterations, initial=trainer.state.iteration, desc="finetune",
                disable=not progress or not trainer.dist.is_main)
     while trainer.state.iteration < iterations:
+        began = time.perf_counter()
         rows = trainer.iteration()
+        trainer.state.seconds += time.perf_counter() - began
         bar.update(1)
         bar.set_postfix({r["task"]: f"{r['reward_mean']:.3f}" for r in rows})
         if log_fn:
@@ -109,11 +111,11 @@ def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None
         if stop_after is not None and done >= stop_after:
             reason = "stop_after"
             break
-        if max_minutes is not None and (time.perf_counter() - began) / 60 >= max_minutes:
+        if max_minutes is not None and trainer.state.seconds / 60 >= max_minutes:
             reason = "max_minutes"
             break
     bar.close()
-    return {"seconds": time.perf_counter() - began, "stopped_by": reason, "resumed_from": resumed[0] if resumed else 0}
+    return {"seconds": trainer.state.seconds, "stopped_by": reason, "resumed_from": resumed[0] if resumed else 0}
 
 
 def summarise(history: list[dict], tail: int = 5) -> dict[str, float]:

@@ -53,6 +53,7 @@ class Distributed:
 class TrainerState:
     iteration: int = 0
     unet_passes: int = 0
+    seconds: float = 0.0  # wall time of the iterations so far, across resumes (the control's wall-time budget)
     history: list[dict] = field(default_factory=list)
 
 
