@@ -284,6 +284,10 @@ def check_consistency(params: Params, source: str) -> None:
                 f"divisible by 'rl.optimizer_steps' ({params.rl.optimizer_steps}): one equal minibatch per "
                 "gradient step"
             )
+    if params.model.kind == "stable_diffusion" and params.rl.pretrain_beta > 0:
+        raise ParamsError(f"{source}: 'rl.pretrain_beta' is {params.rl.pretrain_beta} but L_pre needs an image-caption "
+                          "stream, and only the tiny model has one (the shapes world); with model.kind "
+                          "'stable_diffusion' set rl.pretrain_beta: 0")
     if params.model.kind == "tiny" and params.world.resolution % 4:
         raise ParamsError(f"{source}: 'world.resolution' must be a multiple of 4 for the tiny model")
 

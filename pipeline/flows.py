@@ -122,8 +122,8 @@ def run_experiment(name: str, set_params: list[str], targets: list[str], cwd: st
     return {"experiment": name, "ran": ran, "seconds": round(seconds, 2)}
 
 
-def _set_params(overrides: dict[str, Any] | list[str] | None, params_file: str) -> list[str]:
-    """{'rl.lr': 1e-4} or ['rl.lr=1e-4'] -> DVC `-S` values; keys without a file go to `params_file`."""
+def _set_params(overrides: dict[str, Any] | list[str] | None) -> list[str]:
+    """{'rl.lr': 1e-4} or ['rl.lr=1e-4'] -> DVC `-S` values (for params.yaml, the file every stage reads)."""
     if isinstance(overrides, dict):
         items = [f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
                  for k, v in overrides.items()]
@@ -132,14 +132,12 @@ def _set_params(overrides: dict[str, Any] | list[str] | None, params_file: str) 
     for item in items:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
-    if params_file == "params.yaml":
-        return items
-    return [item if ":" in item.partition("=")[0] else f"{params_file}:{item}" for item in items]
+    return items
 
 
 @flow(name=FLOW_NAME, log_prints=True)
 def pipeline_flow(overrides: dict[str, Any] | list[str] | None = None, experiment: str | None = None,
-                  params_file: str = "params.yaml", cwd: str = ".", stages: list[str] | None = None,
+                  cwd: str = ".", stages: list[str] | None = None,
                   retries: int = 2, retry_delay_seconds: float = 10.0,
                   run_group: str | None = None) -> list[dict[str, Any]]:
     """Run the DVC pipeline in `cwd`.
@@ -147,7 +145,6 @@ def pipeline_flow(overrides: dict[str, Any] | list[str] | None = None, experimen
     overrides: params to set (`{"rl.lr": 1e-4}` or `["rl.lr=1e-4"]`, DVC's `-S` syntax, e.g.
         `++new.key=1` to add a key); with overrides or `experiment` the run is a DVC experiment.
     experiment: DVC experiment name (`dvc exp run --name`).
-    params_file: the params file overrides without a `file:` prefix are written to.
     stages: target stages (default: all); their upstream stages are included, as with `dvc repro`.
     run_group: MLflow parent-run group (default: the experiment name or flow run, made unique).
     """
@@ -156,9 +153,9 @@ def pipeline_flow(overrides: dict[str, Any] | list[str] | None = None, experimen
     workdir = str(Path(cwd).resolve())
     if not (Path(workdir) / "dvc.yaml").exists():
         raise FileNotFoundError(f"no dvc.yaml in {workdir}")
-    if not (Path(workdir) / params_file).exists():
-        raise FileNotFoundError(f"params file {params_file} not found in {workdir}")
-    set_params = _set_params(overrides, params_file)
+    if not (Path(workdir) / "params.yaml").exists():  # every dvc.yaml stage reads it
+        raise FileNotFoundError(f"params file params.yaml not found in {workdir}")
+    set_params = _set_params(overrides)
     group = run_group or f"{experiment or 'prefect-' + str(flow_run.name)}-{str(flow_run.id)[:8]}"
     env = _stage_env(group)
     logger = get_run_logger()
@@ -186,8 +183,6 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--name", default=None,
                         help="DVC experiment name (runs `dvc exp run --name NAME`); names must be new, so leave it "
                              "out with serve and DVC names each scheduled run")
-    common.add_argument("--params-file", default="params.yaml",
-                        help="params file that overrides without a FILE: prefix go to (default: params.yaml)")
     common.add_argument("--cwd", default=".", help="DVC project folder (default: .)")
     common.add_argument("--stages", default=None,
                         help="comma-separated target stages, run with what they depend on (default: all)")
@@ -208,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    parameters = {"overrides": args.overrides or None, "experiment": args.name, "params_file": args.params_file,
+    parameters = {"overrides": args.overrides or None, "experiment": args.name,
                   "cwd": str(Path(args.cwd).resolve()),
                   "stages": [s for s in args.stages.split(",") if s] if args.stages else None,
                   "retries": args.retries, "retry_delay_seconds": args.retry_delay, "run_group": args.group}

@@ -200,7 +200,11 @@ def _delete_weights(env: Env) -> None:
 
 def _hub_id_offline(env: Env) -> None:
     hub_id = "no-such-org/no-such-diffusion-model"
-    env.set_params(lambda raw: raw["model"].update(kind="stable_diffusion", pretrained=hub_id))
+    def to_sd(raw):
+        raw["model"].update(kind="stable_diffusion", pretrained=hub_id)
+        raw["rl"]["pretrain_beta"] = 0.0
+
+    env.set_params(to_sd)
     env.model = Path(hub_id)  # a relative path that does not exist: read as a hub id
 
 

@@ -81,6 +81,16 @@ def test_misspelt_reward_option_fails_naming_the_key_and_the_known_options(tmp_p
     assert "'gate'" in message and "takes no options" in message
 
 
+def test_pretraining_regulariser_on_stable_diffusion_is_refused(tmp_path):
+    """L_pre used to be skipped silently for SD (no image-caption stream); now the params fail."""
+    def sd_with_beta(raw):
+        raw["model"].update(kind="stable_diffusion", pretrained="some/model")
+        raw["rl"]["pretrain_beta"] = 0.02
+
+    message = _error(tmp_path, sd_with_beta)
+    assert "'rl.pretrain_beta' is 0.02" in message and "rl.pretrain_beta: 0" in message
+
+
 def test_nested_list_key_path(tmp_path):
     message = _error(tmp_path, lambda raw: raw["rl"]["tasks"][0].update(samples_per_prompt=0))
     assert "'rl.tasks[0].samples_per_prompt'" in message

@@ -19,7 +19,7 @@ PROMPTS = ["a red circle", "a blue square left of a green triangle", "a shape"]
 def sd_raw(folder, **rl) -> dict:
     raw = yaml.safe_load(SMOKE_PARAMS.read_text())
     raw["model"] = {"kind": "stable_diffusion", "pretrained": str(folder)}
-    raw["rl"].update(rl)
+    raw["rl"].update({"pretrain_beta": 0.0, **rl})  # no image-caption stream for SD
     return raw
 
 
