@@ -34,6 +34,9 @@ class PromptsParams(_Section):
     heldout_combos: list[tuple[str, str]] = Field(
         default_factory=lambda: [("red", "triangle"), ("blue", "circle"), ("yellow", "square")]
     )
+    # finetune re-checks that no eval prompt is among the train prompts of corpora the prompts stage
+    # split disjointly (see data/prompts/manifest.json). Corpora too small to split (diversity, single)
+    # are trained and evaluated on the same seen prompts by design; their unseen pairs stay held out.
     require_disjoint: bool = True
 
     @field_validator("heldout_combos")
@@ -100,7 +103,10 @@ class TaskParams(_Section):
     samples_per_prompt: int = Field(8, ge=1)
     prompts_per_iteration: int = Field(8, ge=1)
     advantage: Literal["group", "batch"] = "group"
-    weight: float = Field(1.0, gt=0.0)  # scales this task's advantages in the joint objective
+    # Scales the size of this task's optimiser steps (the learning rate of its steps), so the task counts
+    # `weight` times in the joint update. Scaling its advantages instead would do almost nothing: each
+    # task takes its own AdamW steps, and Adam divides out a constant gradient scale.
+    weight: float = Field(1.0, gt=0.0)
     reward_options: dict[str, Any] = Field(default_factory=dict)  # e.g. model, processor, classes
     # Train prompts containing any of these words are left out of the task, e.g. [small] for a reward
     # that grows objects (docs/experiments.md E19). Evaluation still scores the whole corpus.

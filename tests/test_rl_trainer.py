@@ -209,3 +209,25 @@ def test_lora_on_the_tiny_model_trains_only_adapters_and_saves_them_fused(smoke_
     with torch.no_grad():
         assert torch.allclose(saved.predict(x, torch.tensor([900, 300]), embeds),
                               model.predict(x, torch.tensor([900, 300]), embeds), atol=1e-5)
+
+
+def test_task_weight_scales_the_step_size(smoke_workspace):
+    """A task's weight multiplies its optimiser step. Scaling its advantages instead (the old way)
+    left the step almost unchanged: AdamW divides out a constant gradient scale."""
+    from tests.conftest import task_trainer
+
+    params = load_params(SMOKE_PARAMS)
+    params = params.model_copy(update={"rl": params.rl.model_copy(update={"lr": 1e-3, "adam_eps": 1e-12})})
+
+    def first_step(weight: float) -> torch.Tensor:
+        trainer = task_trainer(load_model(smoke_workspace / "base", params), params, reward="null")
+        task = trainer.tasks[0]
+        batch, traj = trainer.sample_task(task, 0)
+        _, adv = trainer.score(task, batch, traj)
+        before = torch.cat([p.detach().flatten().clone() for p in trainer.parameters])
+        trainer.train_task(traj, adv.advantages, adv.valid, plan=trainer.make_plan(traj)[:1], step_scale=weight)
+        return torch.cat([p.detach().flatten() for p in trainer.parameters]) - before
+
+    one, two = first_step(1.0), first_step(2.0)
+    assert one.abs().max() > 1e-4
+    torch.testing.assert_close(two, 2 * one, rtol=1e-2, atol=1e-6)

@@ -126,8 +126,10 @@ class RLTrainer:
         return plan
 
     def train_task(self, traj: Trajectory, advantages: torch.Tensor, valid: torch.Tensor,
-                   plan: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
-        """Clipped policy-gradient steps; all chosen timesteps of a minibatch go through one UNet call."""
+                   plan: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                   step_scale: float = 1.0) -> dict[str, float]:
+        """Clipped policy-gradient steps; all chosen timesteps of a minibatch go through one UNet call.
+        `step_scale` (the task's weight) multiplies the learning rate of these steps."""
         rl = self.rl
         plan = self.make_plan(traj) if plan is None else plan
         self.last_plan = plan
@@ -141,7 +143,7 @@ class RLTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.dist.backward(loss)
             stats["grad_norm_rl"].append(self._clip())
-            self.optimizer.step()
+            self._scaled_step(step_scale)
             self.schedule.step()
             if self.ema:
                 self.ema.update(self.model.unet)
@@ -170,6 +172,18 @@ class RLTrainer:
     def _count(self, passes: int) -> None:
         """UNet forward-equivalents of the whole run (all processes), the control's budget."""
         self.state.unet_passes += passes * self.dist.num_processes
+
+    def _scaled_step(self, scale: float) -> None:
+        """One optimiser step at `scale` times the scheduled learning rate (weight decay included)."""
+        if scale == 1.0:
+            self.optimizer.step()
+            return
+        scheduled = [group["lr"] for group in self.optimizer.param_groups]
+        for group, lr in zip(self.optimizer.param_groups, scheduled):
+            group["lr"] = lr * scale
+        self.optimizer.step()
+        for group, lr in zip(self.optimizer.param_groups, scheduled):
+            group["lr"] = lr
 
     def _clip(self) -> float:
         if self.dist.clip_grad_norm is not None:
@@ -215,8 +229,7 @@ class RLTrainer:
                               "skipping its update", RuntimeWarning)
                 row["skipped"] = 1
             else:
-                # a task weight scales its advantages, i.e. its share of the joint objective
-                row.update(self.train_task(traj, adv.advantages * task.params.weight, adv.valid))
+                row.update(self.train_task(traj, adv.advantages, adv.valid, step_scale=task.params.weight))
                 row["skipped"] = 0
             row["seconds"] = time.perf_counter() - task_began
             rows.append(row)
