@@ -93,7 +93,7 @@ class SamplingParams(_Section):
     eta: float = Field(0.0, ge=0.0, le=1.0)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     diversity_seeds: int = Field(16, ge=2)  # samples per under-specified eval prompt
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # samples per sampler call: eval, reward-model pairs, RL trajectories
 
 
 class TaskParams(_Section):

@@ -231,3 +231,30 @@ def test_task_weight_scales_the_step_size(smoke_workspace):
     one, two = first_step(1.0), first_step(2.0)
     assert one.abs().max() > 1e-4
     torch.testing.assert_close(two, 2 * one, rtol=1e-2, atol=1e-6)
+
+
+def test_rl_sampling_honours_sampling_batch_size_without_changing_the_samples(smoke_workspace, monkeypatch):
+    """`sampling.batch_size` used to be ignored by RL sampling (one call per task batch, a GPU
+    memory trap); chunked, the trajectories are the same, since each sample has its own seeds."""
+    import pipeline.rl.trainer as trainer_module
+    from tests.conftest import task_trainer
+
+    params = load_params(SMOKE_PARAMS)
+    calls = []
+    real = trainer_module.sample_trajectories
+    monkeypatch.setattr(trainer_module, "sample_trajectories",
+                        lambda model, prompts, *a, **k: calls.append(len(prompts)) or real(model, prompts, *a, **k))
+
+    def trajectories(batch_size: int):
+        small = params.model_copy(update={"sampling": params.sampling.model_copy(update={"batch_size": batch_size})})
+        trainer = task_trainer(load_model(smoke_workspace / "base", small), small)
+        batch, traj = trainer.sample_task(trainer.tasks[0], 0)
+        return len(batch.prompts), traj
+
+    n, whole = trajectories(64)
+    _, chunked = trajectories(3)
+    assert n == 4 and calls == [4, 3, 1] and chunked.prompts == whole.prompts
+    torch.testing.assert_close(chunked.latents, whole.latents, rtol=0, atol=1e-4)  # kernels round per batch shape
+    torch.testing.assert_close(chunked.log_probs, whole.log_probs, rtol=0, atol=1e-4)
+    assert (chunked.images.int() - whole.images.int()).abs().max() <= 1
+    assert chunked.embeds.shape == whole.embeds.shape
