@@ -167,7 +167,7 @@ def measure(args) -> dict:
     results.update(peak_mb())
     if args.variants:
         results["variants"] = variants(model, trainer, batch, params)
-    if args.full_iterations:  # Algorithm 1 whole: every task sampled, scored and trained, then L_pre
+    if args.full_iterations:  # Algorithm 1 whole for the benchmarked task (rl.tasks[0]): sample, score, train, L_pre
         reset()
         seconds = [timed(trainer.iteration)[1] for _ in range(args.full_iterations)]
         results["full_iteration_s"] = min(seconds)
@@ -188,10 +188,11 @@ def variants(model, trainer, batch, params) -> dict:
     model.unet.to(memory_format=torch.channels_last)
     out["sampling_channels_last_s"] = timed(sample)[1]
     model.unet.to(memory_format=torch.contiguous_format)
+    chosen = torch.get_num_threads()
     for threads in (1, 2):
         torch.set_num_threads(threads)
         out[f"sampling_threads_{threads}_s"] = timed(sample)[1]
-    torch.set_num_threads(1)
+    torch.set_num_threads(chosen)  # --threads holds for what is measured after the variants
     return out
 
 

@@ -59,7 +59,7 @@ class ModelParams(_Section):
     channels: tuple[int, ...] = (16, 32, 64)
     text_dim: int = Field(64, ge=8)
     text_layers: int = Field(2, ge=1)
-    attention_heads: int = Field(4, ge=1)
+    attention_heads: int = Field(4, ge=1)  # the tiny UNet's attention heads (its text encoder keeps 2)
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     resolution: int | None = Field(None, ge=8)  # Stable Diffusion image size in px; None = the UNet's own

@@ -3,7 +3,7 @@
 On an under-trained base, plain pretraining improves the same metrics RL does (STACK.md), so every
 RL gain is reported beside this model. Budget `unet_passes` (default, deterministic) converts the
 UNet forward-equivalents `finetune` spent into pretraining steps; `wall_time` trains for the same
-seconds.
+seconds, and at most those steps (whichever ends first: the learning-rate schedule spans them).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ prompts exactly can have, read by the same detector the evaluation uses.
 
     python -m pipeline.evaluation.area_ceiling [--prompts data/prompts/single.eval.jsonl]
 
-Each single-object prompt is rendered centred at box sides from `--min-side` to 1.0; the largest
+Each single-object prompt is rendered centred at box sides from 0.2 to 1.0; the largest
 side the detector still reads exactly as the prompt (colour, shape, size, one object) gives that
 prompt's ceiling. It tells whether a target on the area reward is within reach of faithful
 images at all (docs/experiments.md E24).

@@ -26,7 +26,9 @@ def _scores(reward, images: np.ndarray, rows: list[dict], groups: np.ndarray) ->
 
 def add_task_rewards(ev, data, reward_model_dir: str | Path | None) -> None:
     """Adds `reward.<task>.*` keys to an `Evaluation` for aligned sample sets `data`."""
-    context = RewardContext(reward_model_dir=Path(reward_model_dir) if reward_model_dir else None)
+    # CLIP/OWL rewards score on the run's device; samples made on a GPU may be evaluated on a CPU machine
+    device = ev.params.device if not ev.params.device.startswith("cuda") or torch.cuda.is_available() else "cpu"
+    context = RewardContext(reward_model_dir=Path(reward_model_dir) if reward_model_dir else None, device=device)
     for task in ev.params.rl.tasks:
         subset = data.where_task(task.prompts)
         if not subset.rows:
