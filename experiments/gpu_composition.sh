@@ -2,6 +2,7 @@
 # E18 (docs/experiments.md): composition RL from a given base at GPU scale, beside a control that
 # pretrains the same base for the same wall time, all three sampled on the eval prompts.
 #   OUT=/tmp/e18 bash experiments/gpu_composition.sh BASE_MODEL [PARAMS]
+# It reads the prompt corpora from data/prompts (`dvc repro prompts`; carry them to a lent machine).
 # Each stage's outputs are packed into $OUT/<stage>.tar as soon as it ends (a lent machine returns
 # only a limited number of files, and what finished must survive a lease that runs out).
 # Unpack them and evaluate on any machine:

@@ -1,8 +1,9 @@
 """Stage `finetune`: RL fine-tune the base model on the tasks in `rl.tasks` (Algorithm 1).
 
-Resumes from the newest checkpoint in --checkpoints (outside DVC outputs, keyed by the params
-that shape the run). Writes the fine-tuned model, train.json (flat final metrics), train.csv
-(one row per iteration and task) and budget.json (UNet passes and seconds, for `control`).
+Resumes from the newest checkpoint in --checkpoints (outside DVC outputs, keyed by the params and
+input folders that shape the run). Writes the fine-tuned model, train.json (flat final metrics),
+train.csv (one row per iteration and task) and budget.json for `control` (UNet passes; the seconds
+too when `control.budget` is wall_time).
 """
 from __future__ import annotations
 

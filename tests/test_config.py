@@ -70,6 +70,23 @@ def test_unknown_reward_lists_known(tmp_path):
     assert "'rl.tasks[0].reward'" in message and "composition" in message and "diversity" in message
 
 
+@pytest.mark.parametrize("name", ["params.yaml", "params.sd2.yaml"])
+def test_params_file_has_every_key_the_dvc_stages_track(name):
+    """DVC refuses to run a stage whose tracked params are missing from params.yaml (the SD recipe
+    `cp params.sd2.yaml params.yaml && dvc repro` failed on 'world')."""
+    raw = yaml.safe_load((ROOT / name).read_text())
+    missing = []
+    for stage, spec in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        for key in spec.get("params", []):
+            node = raw
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    missing.append(f"{stage}: {key}")
+                    break
+                node = node[part]
+    assert not missing, f"{name} lacks keys that dvc.yaml tracks: {missing}"
+
+
 def test_misspelt_reward_option_fails_naming_the_key_and_the_known_options(tmp_path):
     """A typo such as `cont` for `count` used to train silently with the default."""
     def misspell(raw):
