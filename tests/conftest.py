@@ -42,6 +42,16 @@ def task_trainer(model, params, reward: str | None = None):
     return build_trainer(model, params, [runtime], progress=False)
 
 
+def checkpoint_stamp(folder, name: str | None = None) -> tuple[str, int, int]:
+    """(name, inode, mtime) of checkpoint `name` (default: the newest) under `folder`. A run that
+    resumes leaves the newest one in place; a run that ignored its checkpoints and started over
+    would have rewritten it. (Training is deterministic, so equal final weights alone cannot tell
+    the two apart.)"""
+    found = sorted(Path(folder).rglob("step-*.pt" if name is None else name), key=lambda p: p.name)
+    stat = found[-1].stat()
+    return found[-1].name, stat.st_ino, stat.st_mtime_ns
+
+
 @pytest.fixture
 def smoke_params():
     from pipeline.config import load_params

@@ -35,10 +35,13 @@ def test_default_and_smoke_params_load():
 @pytest.mark.parametrize("path", sorted([ROOT / "params.sd2.yaml", *(ROOT / "experiments").glob("*.yaml")]),
                          ids=lambda p: p.name)
 def test_every_shipped_params_file_loads_and_names_known_rewards(path):
-    from pipeline.rewards.registry import RewardContext, build_reward
+    from pipeline.rewards.registry import RewardContext, build_reward, check_reward_options, known_rewards
 
     params = load_params(path)
+    assert params.rl.tasks
     for task in params.rl.tasks:
+        assert task.reward in known_rewards()
+        check_reward_options(task.reward, task.reward_options)
         if task.reward in ("composition", "area", "size", "diversity", "null"):  # no model files needed
             build_reward(task.reward, RewardContext(options=task.reward_options))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMOKE_PARAMS
+from tests.conftest import SMOKE_PARAMS, checkpoint_stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -81,7 +81,10 @@ def test_killed_finetune_resumes_on_next_dvc_repro(dvc_repo):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    folder = next((repo / "checkpoints").glob("finetune-*"))
+    stamp = checkpoint_stamp(folder)
     _run(["dvc", "repro", "finetune"], repo, env)
+    assert checkpoint_stamp(folder, stamp[0]) == stamp, "dvc repro started finetune over"
     resumed = (repo / "data/models/rl/unet/diffusion_pytorch_model.safetensors").read_bytes()
     resumed_metrics = (repo / "data/metrics/train.json").read_text()
     shutil.rmtree(repo / "checkpoints")

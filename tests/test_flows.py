@@ -79,12 +79,13 @@ def test_cli_overrides_make_a_dvc_experiment(harness, tmp_path, capsys):
     assert found["flow-exp"]["params"]["p"] == 7 and found["flow-exp"]["metrics"]["score"] == 70
 
 
-def test_cli_help():
+def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         flows.main(["serve", "--help"])
-    assert exit_info.value.code == 0
-    with pytest.raises(SystemExit):
+    assert exit_info.value.code == 0 and "--cron" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
         flows.main(["serve"])  # --cron is required
+    assert exit_info.value.code == 2 and "--cron" in capsys.readouterr().err
 
 
 def test_served_deployment_has_cron_schedule(tmp_path):

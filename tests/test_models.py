@@ -99,8 +99,12 @@ def test_resumed_pretraining_keeps_the_partial_loss_average_and_the_elapsed_time
                         warmup_steps=1, weight_decay=0.0, ema_decay=0.0, caption_dropout=0.1, seed=0,
                         checkpoint_dir=tmp_path / "ck", checkpoint_every=2, log_every=3, progress=False)
 
+    from tests.conftest import checkpoint_stamp
+
     straight = run()  # leaves checkpoints at steps 2 and 4
     assert [step for step, _ in straight.losses] == [3, 6]
+    stamps = [checkpoint_stamp(tmp_path / "ck", f"step-00000{k}.pt") for k in (2, 4)]
     resumed = run()  # resumes from step 4
+    assert [checkpoint_stamp(tmp_path / "ck", s[0]) for s in stamps] == stamps, "the second run started over"
     assert resumed.losses == straight.losses
     assert resumed.seconds > straight.seconds * 0.5  # steps 1-4 ran in the first launch only

@@ -1,4 +1,6 @@
 """The gradient-agreement diagnostic: identical batches agree exactly, independent ones give a cosine."""
+import re
+
 from pipeline.rl.diagnostics import gradient_agreement, main
 from tests.conftest import SMOKE_PARAMS, task_trainer
 
@@ -17,3 +19,5 @@ def test_cli_prints_both_cosines(smoke_workspace, capsys):
           str(smoke_workspace / "prompts"), "--repeats", "1"])
     out = capsys.readouterr().out
     assert out.count("cosine") == 2 and "reward" in out and "shuffled" in out
+    cosines = [float(v) for v in re.findall(r"cosine ([+-]\d\.\d+)", out)]
+    assert len(cosines) == 2 and all(-1.0 <= c <= 1.0 for c in cosines)

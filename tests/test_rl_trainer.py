@@ -17,7 +17,7 @@ from pipeline.models.loading import load_model
 from pipeline.rewards.registry import Reward
 from pipeline.rl.run import build_trainer
 from pipeline.rl.trainer import TaskRuntime
-from tests.conftest import SMOKE_PARAMS
+from tests.conftest import SMOKE_PARAMS, checkpoint_stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,9 @@ def test_resume_after_sigkill_is_bitwise_equal(smoke_workspace, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "rl").exists(), "a killed run must not leave a model output"
+    stamp = checkpoint_stamp(killed / "checkpoints")
     finetune.main(_finetune_args(smoke_workspace, params, killed))
+    assert checkpoint_stamp(killed / "checkpoints", stamp[0]) == stamp, "the second launch started over"
 
     a = (tmp_path / "straight" / "rl" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     b = (killed / "rl" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
@@ -146,9 +148,14 @@ def test_joint_three_task_training_runs(smoke_workspace, tmp_path):
     finetune.main(_finetune_args(smoke_workspace, params, tmp_path))
     import pandas as pd
 
-    history = pd.read_csv(tmp_path / "train.csv")
-    assert list(history["task"]) == ["composition", "diversity", "area"]
-    assert history["reward_mean"].notna().all()
+    history = pd.read_csv(tmp_path / "train.csv").set_index("task")
+    assert list(history.index) == ["composition", "diversity", "area"]
+    assert (history["skipped"] == 0).all() and history["reward_mean"].notna().all()
+    # each task scored by its own reward: a claim score, minus a parity, a mean object area
+    assert 0 <= history.loc["composition", "reward_mean"] <= 1
+    assert -1 <= history.loc["diversity", "reward_mean"] <= 0
+    assert 0 < history.loc["area", "reward_mean"] < 0.5
+    assert history.loc["area", "grad_norm_rl"] > 0  # areas differ within a group: a real update
 
 
 def test_exclude_words_leave_those_prompts_out_of_a_task(smoke_workspace):
