@@ -162,3 +162,19 @@ def test_fit_reward_model_on_a_tiny_diffusion_model(tiny_model_factory):
         assert key in metrics
     assert metrics["pairs"] == 10 and metrics["train_pairs"] == 7
     assert label_seed(0) != PANEL_SEED
+    for key in ("heldout_accuracy", "panel_self_agreement", "panel_best_accuracy", "label_mean"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    # the held-out accuracy, recomputed from the same pairs, panel labels and split
+    from pipeline.rewards.preference import make_panel, pair_accuracy, split_indices
+
+    sampling = SamplingParams(steps=2, guidance=2.0)
+    pairs = build_preference_dataset(model, prompts, pairs=10, seed=0, steps=2, guidance=2.0,
+                                     batch_size=sampling.batch_size)
+    a, b, names = pairs["images_a"], pairs["images_b"], list(pairs["prompts"])
+    labels = make_panel(params).label_pairs(a, b, names, torch.Generator().manual_seed(label_seed(0)))
+    _, held = split_indices(10, 0.3, 0)
+    held_names = [names[i] for i in held]
+    expected = pair_accuracy(reward_model.score(a[held], held_names), reward_model.score(b[held], held_names),
+                             labels[held])
+    assert metrics["heldout_accuracy"] == pytest.approx(expected)
+    assert metrics["label_mean"] == pytest.approx(float(labels.float().mean()))

@@ -80,6 +80,21 @@ def test_clip_preference_scores_tiny_model(clip_dir):
     assert torch.equal(scores, again)
     scale = reward.model.logit_scale.exp().item()
     assert (scores.abs() <= scale + 1e-4).all()  # scale * cosine
+    # image i against prompt i, as CLIP's own forward pass scores the pair
+    logits = _clip_logits(clip_dir, _images(3), prompts)
+    torch.testing.assert_close(scores, logits.diagonal(), rtol=1e-4, atol=1e-4)
+
+
+def _clip_logits(folder, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """CLIPModel(...).logits_per_image [images, texts], straight from transformers."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    tokens = AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors="pt")
+    pixels = CLIPImageProcessor.from_pretrained(folder)(images=list(images.numpy()), return_tensors="pt")
+    with torch.no_grad():
+        return CLIPModel.from_pretrained(folder).eval()(input_ids=tokens["input_ids"],
+                                                        attention_mask=tokens["attention_mask"],
+                                                        pixel_values=pixels["pixel_values"]).logits_per_image
 
 
 def test_clip_parity_equal_within_group(clip_dir):
@@ -93,6 +108,12 @@ def test_clip_parity_equal_within_group(clip_dir):
     assert len(set(scores[:4].tolist())) == 1 and len(set(scores[4:].tolist())) == 1
     assert (scores <= 0).all() and (scores >= -1).all()
     assert set(reward.classify(_images(2))) <= set(reward.classes)
+    # each group's score is minus the parity of its own images' zero-shot classes, classified by CLIP itself
+    from pipeline.rewards.diversity import statistical_parity
+
+    classes = [reward.classes[i] for i in _clip_logits(clip_dir, _images(7, seed=1), reward.classes).argmax(-1)]
+    for rows in (range(0, 4), range(4, 7)):
+        assert scores[rows[0]].item() == pytest.approx(-statistical_parity([classes[i] for i in rows], reward.classes))
 
 
 def test_clip_parity_needs_classes(clip_dir):
@@ -110,6 +131,15 @@ def test_owl_detection_scores_tiny_model(owl_dir):
     confidences = reward.object_confidences(_images(3), [object_names(p) for p in prompts])
     assert [len(c) for c in confidences] == [2, 2, 1]
     assert torch.allclose(scores, torch.stack([c.mean() for c in confidences]))
+    # a confidence belongs to its own query and image: reversed queries give reversed confidences, and
+    # an image scored alone (another chunk, other padding) gets what it got in the batch
+    names = [object_names(p) for p in prompts]
+    flipped = reward.object_confidences(_images(3), [list(reversed(q)) for q in names])
+    for c, f in zip(confidences, flipped):
+        torch.testing.assert_close(f, c.flip(0), rtol=1e-4, atol=1e-5)
+    for i in range(3):
+        alone = reward.object_confidences(_images(3)[i : i + 1], names[i : i + 1])[0]
+        torch.testing.assert_close(alone, confidences[i], rtol=1e-4, atol=1e-5)
 
 
 def test_object_names():

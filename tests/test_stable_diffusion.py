@@ -65,6 +65,13 @@ def test_images_through_the_vae(sd_model):
     x0 = torch.randn(3, *sd_model.sample_shape, generator=torch.Generator().manual_seed(1))
     images = sd_model.to_images(x0)
     assert images.dtype == torch.uint8 and images.shape == (3, IMAGE_SIZE, IMAGE_SIZE, 3)
+    # the same pixels diffusers' own pipeline decodes: vae.decode(latents / scaling_factor), postprocess
+    from diffusers.image_processor import VaeImageProcessor
+
+    with torch.no_grad():
+        decoded = sd_model.vae.decode(x0 / sd_model.vae.config.scaling_factor).sample
+    reference = (VaeImageProcessor().postprocess(decoded, output_type="np") * 255).round()
+    assert abs(images.numpy().astype(float) - reference).max() <= 1
     latents = sd_model.from_images(images)
     assert latents.shape == x0.shape and torch.isfinite(latents).all()
     small = torch.randint(0, 255, (2, 16, 16, 3), dtype=torch.uint8)  # another size is resized first
@@ -144,10 +151,19 @@ def test_resolution_option_sets_the_latent_size():
 def test_gradient_checkpointing_option():
     model = _options_model(gradient_checkpointing=True, mixed_precision="bf16")
     assert model.unet.is_gradient_checkpointing and model.mixed_precision == "bf16"
-    x = torch.randn(1, *model.sample_shape)
-    model.train()
-    model.predict(x, torch.tensor([300]), model.encode_prompts(["a"])).sum().backward()  # bf16 autocast on the CPU
-    assert all(p.grad is not None for p in model.trainable_unet_parameters() if p.requires_grad)
+
+    def gradients(model):
+        x = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(0))
+        model.train()
+        model.predict(x, torch.tensor([300, 700]), model.encode_prompts(["a", "b"])).square().mean().backward()
+        return [p.grad.clone() for p in model.trainable_unet_parameters()]
+
+    checkpointed = gradients(_options_model(gradient_checkpointing=True))
+    plain = gradients(_options_model(gradient_checkpointing=False))  # the same seeded weights
+    assert len(plain) == len(checkpointed) and any(g.abs().max() > 0 for g in plain)
+    for a, b in zip(checkpointed, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert all(torch.isfinite(g).all() for g in gradients(model))  # under bf16 autocast on the CPU
 
 
 def test_offline_hub_id_error_names_the_id(monkeypatch):
