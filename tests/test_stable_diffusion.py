@@ -105,7 +105,12 @@ def test_save_load_round_trip_is_a_diffusers_pipeline(sd_model, sd_folder, tmp_p
 
 
 def test_lora_trains_only_adapters_and_saves_fused(sd_folder, tmp_path):
-    model = load_model(sd_folder, sd_params(sd_folder, lora_rank=2))
+    from pipeline.rl.run import build_trainer
+
+    params = sd_params(sd_folder, lora_rank=2)
+    model = load_model(sd_folder, params)
+    assert model.lora_rank == 0  # loading adds no adapters: sampling and the control use the plain UNet
+    build_trainer(model, params, [], progress=False)  # RL adds them
     trainable = dict((n, p) for n, p in model.unet.named_parameters() if p.requires_grad)
     assert trainable and all("lora_" in n for n in trainable)
     assert {id(p) for p in model.trainable_unet_parameters()} == {id(p) for p in trainable.values()}

@@ -6,8 +6,6 @@ type) because the sampler and trainer share one DDIM transition. Classifier-free
 sampler's (`pipeline.sampling.guided_prediction`); the unconditional embedding is the encoding of "".
 
 Options, read from params when present (see `SDOptions.from_params`):
-- `rl.lora_rank` > 0: LoRA adapters (peft) on the UNet's attention projections; only they train.
-  0: full fine-tune, as the paper (Table 6).
 - `model.gradient_checkpointing`: recompute UNet activations in the backward pass.
 - `model.mixed_precision: bf16`: UNet, VAE and text encoder run under bf16 autocast (weights
   and optimiser state stay float32), on CUDA or the CPU. Outputs are cast back to float32.
@@ -49,12 +47,13 @@ class SDOptions:
 
     @classmethod
     def from_params(cls, params) -> "SDOptions":
-        """Read the options defensively: a params object may lack any of these fields."""
+        """Read the options defensively: a params object may lack any of these fields. `rl.lora_rank`
+        is not a load option: the RL trainer adds the adapters (`build_trainer`), as for the tiny
+        model, so sampling loads no idle adapters and the control trains every weight."""
         if params is None:
             return cls()
-        model, rl = getattr(params, "model", None), getattr(params, "rl", None)
+        model = getattr(params, "model", None)
         return cls(
-            lora_rank=int(getattr(rl, "lora_rank", 0) or 0),
             gradient_checkpointing=bool(getattr(model, "gradient_checkpointing", False)),
             mixed_precision=str(getattr(model, "mixed_precision", "no") or "no"),
             resolution=getattr(model, "resolution", None),
