@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
 
         from pipeline.io import atomic_path, read_jsonl, write_json
         from pipeline.models.loading import load_model
-        from pipeline.rewards.preference import fit_reward_model
+        from pipeline.rewards.preference_training import fit_reward_model
         from pipeline.tracking import StageRun
 
         prompts = [r["prompt"] for r in read_jsonl(Path(args.prompts) / "preference.train.jsonl", required=("prompt",))]

@@ -153,7 +153,7 @@ def test_pairwise_distance_and_judge_seed():
     assert mean_pairwise_distance(np.concatenate([black, black])) == 0.0
     assert mean_pairwise_distance(np.concatenate([black, white, white])) == pytest.approx(2 / 3)
     from pipeline.rewards.panel import PANEL_SEED
-    from pipeline.rewards.preference import label_seed
+    from pipeline.rewards.preference_training import label_seed
 
     for seed in (0, 1, PANEL_SEED - judges.JUDGE_SEED_OFFSET):
         assert judges.judge_seed(seed) not in (PANEL_SEED, label_seed(seed))

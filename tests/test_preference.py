@@ -12,14 +12,13 @@ torch.set_num_threads(1)
 from pipeline.config import RewardModelParams, SamplingParams  # noqa: E402
 from pipeline.rewards.adapters import RewardLoadError  # noqa: E402
 from pipeline.rewards.panel import PANEL_SEED, RaterPanel  # noqa: E402
-from pipeline.rewards.preference import (  # noqa: E402
-    LearnedPreferenceReward,
-    PreferenceModel,
+from pipeline.rewards.preference import LearnedPreferenceReward, PreferenceModel, num_parameters  # noqa: E402
+from pipeline.rewards.preference_training import (  # noqa: E402
     build_preference_dataset,
     fit_reward_model,
     label_seed,
+    make_panel,
     mirror_prompt,
-    num_parameters,
     pair_accuracy,
     panel_best_accuracy,
     panel_self_agreement,
@@ -165,8 +164,6 @@ def test_fit_reward_model_on_a_tiny_diffusion_model(tiny_model_factory):
     for key in ("heldout_accuracy", "panel_self_agreement", "panel_best_accuracy", "label_mean"):
         assert 0.0 <= metrics[key] <= 1.0, key
     # the held-out accuracy, recomputed from the same pairs, panel labels and split
-    from pipeline.rewards.preference import make_panel, pair_accuracy, split_indices
-
     sampling = SamplingParams(steps=2, guidance=2.0)
     pairs = build_preference_dataset(model, prompts, pairs=10, seed=0, steps=2, guidance=2.0,
                                      batch_size=sampling.batch_size)

@@ -24,7 +24,7 @@ JUDGE_SEED_OFFSET = 104_729  # a prime; used nowhere in training
 
 def judge_seed(seed: int) -> int:
     """The seed of the judge's choice draws: never the label draws' nor the panel's own."""
-    from pipeline.rewards.preference import label_seed
+    from pipeline.rewards.preference_training import label_seed
 
     value = int(seed) + JUDGE_SEED_OFFSET
     while value in (PANEL_SEED, label_seed(seed)):
@@ -34,7 +34,7 @@ def judge_seed(seed: int) -> int:
 
 def judge_panel(params) -> RaterPanel:
     """The hidden-preference panel: `reward_model.raters` raters with `reward_model.rater_noise`."""
-    from pipeline.rewards.preference import make_panel
+    from pipeline.rewards.preference_training import make_panel
 
     return make_panel(params.reward_model)
 
