@@ -70,8 +70,9 @@ class ParameterEMA:
         return {"decay": self.decay, "shadow": self.shadow}
 
     def load_state_dict(self, state):
+        """Checkpoints load on the CPU; the averages stay where the live ones are (e.g. CUDA)."""
         self.decay = state["decay"]
-        self.shadow = [t.clone() for t in state["shadow"]]
+        self.shadow = [t.to(device=old.device, dtype=old.dtype).clone() for t, old in zip(state["shadow"], self.shadow)]
 
 
 @dataclass

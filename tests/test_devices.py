@@ -56,3 +56,19 @@ def test_rl_iteration_keeps_tensors_on_the_model_device_and_moves_weights(smoke_
     assert rows[0]["skipped"] == 0 and torch.isfinite(torch.tensor(rows[0]["loss_rl"]))
     assert rows[0]["grad_norm_rl"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.unet.parameters()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ema_restored_from_a_cpu_checkpoint_stays_on_the_model_device(device):
+    """Checkpoints load on the CPU; the restored averages used to stay there, and the next update
+    mixed CPU and CUDA tensors (resuming pretrain with EMA on a GPU)."""
+    from pipeline.pretraining import ParameterEMA
+
+    module = torch.nn.Linear(3, 2).to(device)
+    saved = {"decay": 0.9, "shadow": [torch.zeros_like(p).cpu() for p in module.parameters()]}
+    restored = ParameterEMA(module, 0.9)
+    restored.load_state_dict(saved)
+    assert all(t.device == p.device for t, p in zip(restored.shadow, module.parameters()))
+    restored.update(module)  # raised "expected all tensors on the same device" on CUDA
+    for average, parameter in zip(restored.shadow, module.parameters()):
+        torch.testing.assert_close(average, 0.1 * parameter.detach())  # 0.9 * 0 + 0.1 * p

@@ -27,6 +27,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_driver(params_path: Path, workspace: Path, out: Path, *mode: str, timeout: float = 240) -> None:
+    """tests/ddp_driver.py under `accelerate launch` with 2 CPU processes (gloo); a hang is killed
+    with its whole process group and fails the test."""
+    import signal
+
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         str(ROOT / "tests" / "ddp_driver.py"), str(params_path), str(workspace / "base"),
+         str(workspace / "prompts"), str(out), *mode],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the 2-process run {mode or ''} hung for {timeout} s")
+    assert proc.returncode == 0, stderr[-4000:]
+
+
 def test_two_processes_equal_one_process_on_the_union(smoke_workspace, tmp_path):
     raw = yaml.safe_load(SMOKE_PARAMS.read_text())
     # Adam divides by |g|: with a tiny eps, float-level gradient differences near g = 0 become
@@ -34,15 +56,7 @@ def test_two_processes_equal_one_process_on_the_union(smoke_workspace, tmp_path)
     raw["rl"].update(pretrain_beta=0.0, warmup_iterations=0, max_grad_norm=1e9, lr=1e-3, adam_eps=1e-2)
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(raw))
-    accelerate = Path(sys.executable).parent / "accelerate"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-         str(ROOT / "tests" / "ddp_driver.py"), str(params_path), str(smoke_workspace / "base"),
-         str(smoke_workspace / "prompts"), str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    _run_driver(params_path, smoke_workspace, tmp_path)
     runs = [torch.load(tmp_path / f"process-{p}.pt", weights_only=False) for p in (0, 1)]
     assert all(r["num_processes"] == 2 for r in runs)
     # each process drew its own noise and prompts
@@ -87,3 +101,19 @@ def test_two_processes_equal_one_process_on_the_union(smoke_workspace, tmp_path)
     # the log-prob gradient divides by sigma^2), against 8e-7 for a reordered single-process batch
     assert ddp_error < 1e-3, (ddp_error, floor)
     print(f"relative update difference: 2 processes vs 1 = {ddp_error:.2e}; reordered 1-process = {floor:.2e}")
+
+
+def test_a_process_whose_rewards_are_all_nan_still_takes_every_step(smoke_workspace, tmp_path):
+    """The skip used to be decided on each process's own rewards: process 1 (all NaN) skipped its
+    RL steps while process 0 sat in DDP's all-reduce, and the collectives paired up wrongly or hung."""
+    raw = yaml.safe_load(SMOKE_PARAMS.read_text())
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(raw))
+    _run_driver(params_path, smoke_workspace, tmp_path, "nan-on-process-1")
+    runs = [torch.load(tmp_path / f"process-{p}.pt", weights_only=False) for p in (0, 1)]
+    for run in runs:  # the gathered rewards are half finite on both processes: nobody skips
+        assert [row["skipped"] for row in run["rows"]] == [0, 0]
+        assert [row["dropped"] for row in run["rows"]] == [4, 4]
+    for key, value in runs[0]["unet"].items():
+        assert torch.equal(value, runs[1]["unet"][key]), key
+

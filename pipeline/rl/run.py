@@ -23,6 +23,7 @@ from pipeline.rl.trainer import Distributed, RLTrainer, TaskRuntime
 from pipeline.world.stream import SceneStream
 
 PRETRAIN_STREAM_OFFSET = 1_000  # L_pre pairs come from a stream seeded apart from pretraining's
+PROCESS_STREAM_STRIDE = 100_003  # and apart on each process
 
 
 def build_tasks(params: Params, prompts_dir: str | Path, reward_model_dir: str | Path | None,
@@ -76,7 +77,9 @@ def build_trainer(model: Text2ImageModel, params: Params, tasks: list[TaskRuntim
             module.requires_grad_(False)
     if params.rl.lora_rank and model.lora_rank != params.rl.lora_rank:
         model.enable_lora(params.rl.lora_rank)  # SD's loader may have added them already
-    stream = SceneStream(params.seed + PRETRAIN_STREAM_OFFSET, params.world.resolution, params.world.two_object_prob)
+    index = dist.process_index if dist else 0  # each process draws its own L_pre images (process 0: as one process)
+    stream = SceneStream(params.seed + PRETRAIN_STREAM_OFFSET + PROCESS_STREAM_STRIDE * index, params.world.resolution,
+                         params.world.two_object_prob)
     batches = StreamBatches(stream) if params.model.kind == "tiny" else None
     return RLTrainer(model, tasks, params.rl, params.sampling, params.seed, pretrain_batches=batches, dist=dist,
                      log_fn=log_fn, progress=progress)
@@ -111,11 +114,19 @@ def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None
         if stop_after is not None and done >= stop_after:
             reason = "stop_after"
             break
-        if max_minutes is not None and trainer.state.seconds / 60 >= max_minutes:
+        if max_minutes is not None and _all_agree(trainer, trainer.state.seconds / 60 >= max_minutes):
             reason = "max_minutes"
             break
     bar.close()
     return {"seconds": trainer.state.seconds, "stopped_by": reason, "resumed_from": resumed[0] if resumed else 0}
+
+
+def _all_agree(trainer: RLTrainer, flag: bool) -> bool:
+    """True on every process when any process says so: processes stop together (each has its own
+    clock; one leaving the loop while another enters an iteration would hang the collectives)."""
+    if trainer.dist.num_processes == 1 or trainer.dist.gather is None:
+        return flag
+    return bool(trainer.dist.gather(torch.tensor([float(flag)])).max() > 0)
 
 
 def summarise(history: list[dict], tail: int = 5) -> dict[str, float]:

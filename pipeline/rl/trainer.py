@@ -231,7 +231,9 @@ class RLTrainer:
                    "reward_mean": float(finite.mean()) if finite.numel() else math.nan,
                    "reward_std": float(finite.std(unbiased=False)) if finite.numel() else math.nan,
                    "dropped": int((~torch.isfinite(everywhere)).sum())}
-            if not bool(adv.valid.any()):
+            # decided on the gathered rewards, so every process takes the same steps (a process whose own
+            # rewards are all NaN still joins each backward, with a zero loss: DDP all-reduces there)
+            if finite.numel() == 0:
                 warnings.warn(f"iteration {row['iteration']}, task {task.params.name}: no finite reward; "
                               "skipping its update", RuntimeWarning)
                 row["skipped"] = 1
