@@ -110,10 +110,38 @@ def test_identical_sample_sets_win_half_by_both_judges():
     assert win_rate(win_outcomes(scores, scores), resamples=50) == win_rate(np.full(12, 0.5), resamples=50)
 
 
+def test_a_learned_judge_equal_to_the_panels_utility_shows_no_over_optimisation():
+    """The gap compares the learned verdict with the panel's noise-free one. Against a noisy rater's
+    choice (the old definition) this perfect judge showed a gap, since rater noise pulls that win
+    rate towards 0.5."""
+    from pipeline.config import load_params
+    from pipeline.evaluation.compare import Aligned, Evaluation, add_win_rates
+    from pipeline.rewards.diversity import spec_of
+
+    params = load_params(SMOKE_PARAMS)
+    noisy = params.reward_model.model_copy(update={"rater_noise": 10.0})  # raters who often choose at random
+    params = params.model_copy(update={"reward_model": noisy})
+    rows = eval_rows(params)[:24]
+    clean, corrupt = renders(rows).numpy(), renders(rows, corrupt=True).numpy()
+    panel = judges.judge_panel(params)
+
+    def utility_judge(images, prompts, metadata):
+        return panel.utility(images, [spec_of(p, r) for p, r in zip(prompts, metadata)])
+
+    ev = Evaluation(params)
+    add_win_rates(ev, Aligned(rows, {"base": corrupt, "rl": clean}), panel, utility_judge)
+    m = ev.metrics
+    assert m["overopt_gap.rl_vs_base"] == 0.0 and m["overopt_gap.rl_vs_base_ci_high"] == 0.0
+    assert m["win_rate_noise_free.rl_vs_base"] == m["win_rate_learned.rl_vs_base.pooled"] > 0.5
+    assert m["win_rate.rl_vs_base.pooled"] < m["win_rate_learned.rl_vs_base.pooled"]  # the rater's noise
+
+
 def test_a_set_that_always_wins_has_win_rate_one():
     est = win_rate(win_outcomes([3.0, 2.0, 5.0, 1.0], [1.0, 0.0, 4.0, 0.5]), resamples=100)
     assert (est.value, est.low, est.high) == (1.0, 1.0, 1.0)
     assert win_rate(win_outcomes([0.0, 1.0], [1.0, 1.0]), resamples=10).value == 0.25  # a loss and a tie
+    with pytest.raises(ValueError, match="1 non-finite score"):  # not silently a tie
+        win_outcomes([0.0, float("nan")], [1.0, 1.0])
     with pytest.raises(ValueError):
         win_rate([1.5])
 

@@ -231,6 +231,21 @@ def test_check_claims_catches_wrong_colour_swapped_relation_and_missing_object()
     assert relation_between(found[0], found[1]) == "left of" and relation_between(found[1], found[0]) == "right of"
 
 
+def test_tied_assignments_prefer_the_one_with_both_objects_right():
+    """Two assignments satisfy 2 of 3 claims: (red circle, blue square) in the wrong order, and
+    (green triangle, blue square) in the right order. "Both objects right" must hold: some
+    assignment draws both. The first one found used to win the tie."""
+    from pipeline.world.detect import DetectedObject
+
+    def at(colour, shape, cx):
+        return DetectedObject(colour, shape, "small", (0, 0, 1, 1), cx, 0.5, 1)
+
+    found = [at("green", "triangle", 0.1), at("blue", "square", 0.3), at("red", "circle", 0.7)]
+    claims = check_claims(found, parse_caption("a red circle left of a blue square"))
+    assert claims == {"object0": True, "object1": True, "relation": False, "count": False}
+    assert claim_score(found, parse_caption("a red circle left of a blue square")) == pytest.approx(2 / 3)
+
+
 def test_claim_score_is_a_share_and_scene_accuracy_averages():
     rng = np.random.default_rng(11)
     scenes = [sample_scene(rng) for _ in range(40)]

@@ -57,5 +57,6 @@ def spec_accuracy(images: np.ndarray, specs: list[PromptSpec]) -> dict[str, floa
         if kind == "two":
             both = mask & (scores["objects"] > 0)
             out["two_objects_right"] = float(scores["objects"][mask].mean())
-            out["two_relation_given_objects"] = float(scores["relation"][both].mean()) if both.any() else 0.0
+            if both.any():  # undefined when no image has both objects right (not "always wrong")
+                out["two_relation_given_objects"] = float(scores["relation"][both].mean())
     return out

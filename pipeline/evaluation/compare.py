@@ -136,8 +136,14 @@ def add_quality(ev: Evaluation, data: Aligned, panel) -> None:
 
 
 def add_win_rates(ev: Evaluation, data: Aligned, panel, learned) -> None:
-    """Panel win rates; with a learned judge, its win rates and the over-optimisation gap (learned - panel)."""
+    """Panel win rates (one random rater's choice per pair, as a human evaluation); with a learned judge,
+    its win rates and the over-optimisation gap.
+
+    The gap compares like with like: the learned judge's verdict (a score comparison) against the
+    panel's noise-free verdict (its mean utility), both deterministic. Against the noisy rater's
+    choice, which rater noise pulls towards 0.5, even a perfect reward model would show a gap."""
     scores = {m: judges.learned_scores(learned, im, data.rows) for m, im in data.images.items()} if learned else {}
+    utility = {m: judges.panel_utility(panel, im, data.specs) for m, im in data.images.items()} if learned else {}
     for index, (a, b, name) in enumerate(_comparisons(data)):
         seed = judges.judge_seed(ev.params.seed) + index
         panel_won = judges.panel_outcomes(panel, data.images[a], data.images[b], data.specs, seed)
@@ -145,7 +151,9 @@ def add_win_rates(ev: Evaluation, data: Aligned, panel, learned) -> None:
         if learned:
             learned_won = win_outcomes(scores[a], scores[b])
             ev.win_rates(data, name, learned_won, "learned", "win_rate_learned")
-            ev.estimate(f"overopt_gap.{name}", np.stack([learned_won, panel_won], 1), data.prompts, (1.0, -1.0))
+            noise_free_won = win_outcomes(utility[a], utility[b])
+            ev.estimate(f"win_rate_noise_free.{name}", noise_free_won, data.prompts)
+            ev.estimate(f"overopt_gap.{name}", np.stack([learned_won, noise_free_won], 1), data.prompts, (1.0, -1.0))
 
 
 def add_composition(ev: Evaluation, data: Aligned) -> None:
@@ -177,8 +185,8 @@ def add_composition(ev: Evaluation, data: Aligned) -> None:
             both = mask & two & (scores["objects"] > 0)
             if (mask & two).any():
                 ev.metrics[f"{prefix}two_objects_right"] = float(scores["objects"][mask & two].mean())
-                ev.metrics[f"{prefix}two_relation_given_objects"] = (
-                    float(scores["relation"][both].mean()) if both.any() else 0.0)
+                if both.any():  # undefined when no image has both objects right (not "always wrong")
+                    ev.metrics[f"{prefix}two_relation_given_objects"] = float(scores["relation"][both].mean())
     add_paired_differences(ev, by_model, data, two, splits)
 
 

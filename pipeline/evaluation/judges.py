@@ -4,8 +4,10 @@ The judging panel is the hidden preference itself: the same raters (`panel.PANEL
 noisy choices labelled the reward model's training pairs (DESIGN.md: "the hidden preference that
 produced the reward model's training pairs, with rater noise"). Only its choice draws are fresh:
 they are seeded with `judge_seed(params.seed)`, distinct from the label draws'
-(`preference.label_seed(params.seed)`), plus the comparison's index. So the learned model's win
-rate and the panel's differ exactly by what the reward model failed to learn or RL exploited.
+(`preference_training.label_seed(params.seed)`), plus the comparison's index. The panel's win rate
+is a noisy rater's, as a human evaluation would be; the over-optimisation gap instead compares the
+learned model's verdict with the panel's noise-free one (its mean utility), so that the gap is what
+the reward model failed to learn or RL exploited, not rater noise.
 """
 from __future__ import annotations
 

@@ -73,6 +73,9 @@ def bootstrap_mean(values, clusters=None, resamples: int = 1000, seed: int = 0, 
 def win_outcomes(scores_a, scores_b) -> np.ndarray:
     """Per pair, a's win from two scores: 1 if higher, 0 if lower, 0.5 on a tie."""
     a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):  # a NaN would otherwise count as a tie
+        bad = int((~np.isfinite(a)).sum() + (~np.isfinite(b)).sum())
+        raise ValueError(f"win outcomes need finite scores; got {bad} non-finite score(s)")
     return np.where(a > b, 1.0, np.where(a < b, 0.0, 0.5))
 
 

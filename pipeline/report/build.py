@@ -90,9 +90,11 @@ def training_blocks(inputs: ReportInputs) -> list:
 def gap_blocks(metrics: dict[str, float]) -> list:
     if not any(k.startswith("overopt_gap.") for k in metrics):
         return [Text("No learned reward model was evaluated, so the over-optimisation gap is not available.")]
-    return [Text("The learned reward model's win rate minus the held-out panel's. A positive gap means the "
-                 "fine-tuned model pleases the reward it optimised more than it pleases the raters: reward "
-                 "over-optimisation made visible."), tables.gap_table(metrics)]
+    return [Text("The learned reward model's win rate minus the held-out panel's noise-free win rate (its mean "
+                 "utility decides each pair; both verdicts are deterministic). A positive gap means the fine-tuned "
+                 "model pleases the reward it optimised more than it pleases the raters: reward over-optimisation "
+                 "made visible. The panel's own win rate (one noisy rater per pair) is shown for reference."),
+            tables.gap_table(metrics)]
 
 
 def build_document(inputs: ReportInputs) -> Document:

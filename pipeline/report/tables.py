@@ -95,8 +95,10 @@ def paired_table(metrics: dict[str, float]) -> Table:
 def gap_table(metrics: dict[str, float]) -> Table:
     comparisons = list(dict.fromkeys(c for c, _ in estimates(metrics, "win_rate")))
     rows = [[c.replace("_vs_", " vs "), cell(metrics, f"win_rate.{c}.pooled"),
-             cell(metrics, f"win_rate_learned.{c}.pooled"), cell(metrics, f"overopt_gap.{c}")] for c in comparisons]
-    return Table(["comparison", "panel win rate", "learned win rate", "gap (learned - panel)"], rows)
+             cell(metrics, f"win_rate_noise_free.{c}"), cell(metrics, f"win_rate_learned.{c}.pooled"),
+             cell(metrics, f"overopt_gap.{c}")] for c in comparisons]
+    return Table(["comparison", "panel win rate (one rater)", "panel, noise-free", "learned win rate",
+                  "gap (learned - noise-free)"], rows)
 
 
 def runs_table(runs: list[tuple[str, dict[str, float]]]) -> Table:

@@ -153,13 +153,18 @@ def _assignment_claims(objects: list[DetectedObject], spec: PromptSpec, chosen: 
     return claims
 
 
+def _rank(claims: dict[str, bool]) -> tuple[int, int]:
+    return sum(claims.values()), sum(value for key, value in claims.items() if key.startswith("object"))
+
+
 def check_claims(objects: list[DetectedObject], spec: PromptSpec) -> dict[str, bool]:
     """Per claim of `spec`, whether the detected objects satisfy it.
 
     Claims: "object{i}" (an object with every attribute spec.objects[i] specifies), "relation"
     (for a spatial relation: the matched objects stand in it) and "count" (as many objects as the
     spec names). Spec objects are matched one-to-one to detections by the assignment that
-    satisfies the most claims.
+    satisfies the most claims; among those, the one with the most object claims, so that "both
+    objects right" holds whenever some assignment draws both (the relation is then judged on it).
     """
     options = [None, *range(len(objects))]
     best = None
@@ -168,7 +173,7 @@ def check_claims(objects: list[DetectedObject], spec: PromptSpec) -> dict[str, b
         if len(set(picked)) < len(picked):
             continue
         claims = _assignment_claims(objects, spec, chosen)
-        if best is None or sum(claims.values()) > sum(best.values()):
+        if best is None or _rank(claims) > _rank(best):
             best = claims
     return {**best, "count": len(objects) == len(spec.objects)}
 
