@@ -39,7 +39,6 @@ MODEL_INDEX = "model_index.json"
 
 @dataclass(frozen=True)
 class SDOptions:
-    lora_rank: int = 0  # 0 = full fine-tune
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # "no" | "bf16"
     resolution: int | None = None  # pixels; None = the UNet's native size
@@ -136,8 +135,6 @@ class StableDiffusionModel(Text2ImageModel):
         self.resolution = options.resolution or unet.config.sample_size * self.vae_scale_factor
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
-        if options.lora_rank > 0:
-            self.enable_lora(options.lora_rank)
         if options.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
 

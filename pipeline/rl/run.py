@@ -76,7 +76,7 @@ def build_trainer(model: Text2ImageModel, params: Params, tasks: list[TaskRuntim
         if module is not None:
             module.requires_grad_(False)
     if params.rl.lora_rank and model.lora_rank != params.rl.lora_rank:
-        model.enable_lora(params.rl.lora_rank)  # SD's loader may have added them already
+        model.enable_lora(params.rl.lora_rank)  # unless an earlier trainer on this model added them
     index = dist.process_index if dist else 0  # each process draws its own L_pre images (process 0: as one process)
     stream = SceneStream(params.seed + PRETRAIN_STREAM_OFFSET + PROCESS_STREAM_STRIDE * index, params.world.resolution,
                          params.world.two_object_prob)

@@ -182,9 +182,6 @@ class RLTrainer:
 
     def _scaled_step(self, scale: float) -> None:
         """One optimiser step at `scale` times the scheduled learning rate (weight decay included)."""
-        if scale == 1.0:
-            self.optimizer.step()
-            return
         scheduled = [group["lr"] for group in self.optimizer.param_groups]
         for group, lr in zip(self.optimizer.param_groups, scheduled):
             group["lr"] = lr * scale
