@@ -116,7 +116,7 @@ def test_a_learned_judge_equal_to_the_panels_utility_shows_no_over_optimisation(
     rate towards 0.5."""
     from pipeline.config import load_params
     from pipeline.evaluation.compare import Aligned, Evaluation, add_win_rates
-    from pipeline.rewards.diversity import spec_of
+    from pipeline.world.attributes import spec_of
 
     params = load_params(SMOKE_PARAMS)
     noisy = params.reward_model.model_copy(update={"rater_noise": 10.0})  # raters who often choose at random
@@ -180,8 +180,7 @@ def test_pairwise_distance_and_judge_seed():
     black, white = np.zeros((1, 4, 4, 3), np.uint8), np.full((1, 4, 4, 3), 255, np.uint8)
     assert mean_pairwise_distance(np.concatenate([black, black])) == 0.0
     assert mean_pairwise_distance(np.concatenate([black, white, white])) == pytest.approx(2 / 3)
-    from pipeline.rewards.panel import PANEL_SEED
-    from pipeline.rewards.preference_training import label_seed
+    from pipeline.world.panel import PANEL_SEED, label_seed
 
     for seed in (0, 1, PANEL_SEED - judges.JUDGE_SEED_OFFSET):
         assert judges.judge_seed(seed) not in (PANEL_SEED, label_seed(seed))

@@ -11,13 +11,10 @@ torch.set_num_threads(1)
 
 from pipeline.config import RewardModelParams, SamplingParams  # noqa: E402
 from pipeline.rewards.adapters import RewardLoadError  # noqa: E402
-from pipeline.rewards.panel import PANEL_SEED, RaterPanel  # noqa: E402
 from pipeline.rewards.preference import LearnedPreferenceReward, PreferenceModel, num_parameters  # noqa: E402
 from pipeline.rewards.preference_training import (  # noqa: E402
     build_preference_dataset,
     fit_reward_model,
-    label_seed,
-    make_panel,
     mirror_prompt,
     pair_accuracy,
     panel_best_accuracy,
@@ -27,6 +24,7 @@ from pipeline.rewards.preference_training import (  # noqa: E402
 )
 from pipeline.rewards.registry import RewardContext, build_reward  # noqa: E402
 from pipeline.world.captions import caption_for_spec  # noqa: E402
+from pipeline.world.panel import PANEL_SEED, RaterPanel, label_seed, make_panel  # noqa: E402
 from pipeline.world.render import render  # noqa: E402
 from pipeline.world.scene import Scene, ShapeObject, sample_scene, sample_spec  # noqa: E402
 from pipeline.world.vocab import COLOURS  # noqa: E402

@@ -109,7 +109,7 @@ def test_clip_parity_equal_within_group(clip_dir):
     assert (scores <= 0).all() and (scores >= -1).all()
     assert set(reward.classify(_images(2))) <= set(reward.classes)
     # each group's score is minus the parity of its own images' zero-shot classes, classified by CLIP itself
-    from pipeline.rewards.diversity import statistical_parity
+    from pipeline.world.attributes import statistical_parity
 
     classes = [reward.classes[i] for i in _clip_logits(clip_dir, _images(7, seed=1), reward.classes).argmax(-1)]
     for rows in (range(0, 4), range(4, 7)):

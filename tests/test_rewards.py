@@ -8,21 +8,21 @@ import torch
 torch.set_num_threads(1)
 
 from pipeline.rewards.composition import AreaReward, CompositionReward  # noqa: E402
-from pipeline.rewards.diversity import (  # noqa: E402
-    ATTRIBUTE_CLASSES,
-    DiversityReward,
-    attribute_entropy,
-    group_indices,
-    statistical_parity,
-)
-from pipeline.rewards.panel import QUALITIES, RaterPanel, image_qualities  # noqa: E402
+from pipeline.rewards.diversity import DiversityReward  # noqa: E402
 from pipeline.rewards.registry import (  # noqa: E402
     RewardContext,
     UnknownRewardError,
     build_reward,
     known_rewards,
 )
+from pipeline.world.attributes import (  # noqa: E402
+    ATTRIBUTE_CLASSES,
+    attribute_entropy,
+    group_indices,
+    statistical_parity,
+)
 from pipeline.world.captions import caption_for_spec  # noqa: E402
+from pipeline.world.panel import QUALITIES, RaterPanel, image_qualities  # noqa: E402
 from pipeline.world.render import render  # noqa: E402
 from pipeline.world.scene import ObjectSpec, PromptSpec, Scene, ShapeObject, sample_scene, sample_spec  # noqa: E402
 from pipeline.world.vocab import COLOURS  # noqa: E402

@@ -18,9 +18,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from pipeline.io import read_jsonl
-from pipeline.rewards.composition import object_area_fraction
-from pipeline.rewards.diversity import spec_of
-from pipeline.world.detect import detect, exact_match
+from pipeline.world.attributes import spec_of
+from pipeline.world.detect import detect, exact_match, object_area_fraction
 from pipeline.world.render import render
 
 

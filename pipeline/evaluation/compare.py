@@ -25,7 +25,7 @@ from pipeline.evaluation.accuracy import ERROR_KINDS, composition_scores
 from pipeline.evaluation.metrics import (attribute_balance, bootstrap_mean,
                                          mean_pairwise_distance, stable_seed, win_outcomes, win_rate)
 from pipeline.io import write_json, write_text
-from pipeline.rewards.diversity import open_attribute, read_attribute, spec_of
+from pipeline.world.attributes import open_attribute, read_attribute, spec_of
 from pipeline.samples import read_samples
 from pipeline.world.vocab import SIZES
 

@@ -4,7 +4,7 @@ The judging panel is the hidden preference itself: the same raters (`panel.PANEL
 noisy choices labelled the reward model's training pairs (DESIGN.md: "the hidden preference that
 produced the reward model's training pairs, with rater noise"). Only its choice draws are fresh:
 they are seeded with `judge_seed(params.seed)`, distinct from the label draws'
-(`preference_training.label_seed(params.seed)`), plus the comparison's index. The panel's win rate
+(`panel.label_seed(params.seed)`), plus the comparison's index. The panel's win rate
 is a noisy rater's, as a human evaluation would be; the over-optimisation gap instead compares the
 learned model's verdict with the panel's noise-free one (its mean utility), so that the gap is what
 the reward model failed to learn or RL exploited, not rater noise.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.rewards.panel import PANEL_SEED, RaterPanel
+from pipeline.world.panel import PANEL_SEED, RaterPanel, label_seed, make_panel
 from pipeline.world.scene import PromptSpec
 
 JUDGE_SEED_OFFSET = 104_729  # a prime; used nowhere in training
@@ -26,8 +26,6 @@ JUDGE_SEED_OFFSET = 104_729  # a prime; used nowhere in training
 
 def judge_seed(seed: int) -> int:
     """The seed of the judge's choice draws: never the label draws' nor the panel's own."""
-    from pipeline.rewards.preference_training import label_seed
-
     value = int(seed) + JUDGE_SEED_OFFSET
     while value in (PANEL_SEED, label_seed(seed)):
         value += 1
@@ -36,8 +34,6 @@ def judge_seed(seed: int) -> int:
 
 def judge_panel(params) -> RaterPanel:
     """The hidden-preference panel: `reward_model.raters` raters with `reward_model.rater_noise`."""
-    from pipeline.rewards.preference_training import make_panel
-
     return make_panel(params.reward_model)
 
 

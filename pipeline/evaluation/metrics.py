@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.rewards.diversity import ATTRIBUTE_CLASSES, attribute_entropy, statistical_parity
+from pipeline.world.attributes import ATTRIBUTE_CLASSES, attribute_entropy, statistical_parity
 
 LEVEL = 0.95
 

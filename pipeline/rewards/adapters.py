@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from pipeline.rewards.diversity import group_indices, statistical_parity
+from pipeline.world.attributes import group_indices, statistical_parity
 from pipeline.rewards.registry import Reward, RewardContext, check_batch, numpy_images
 
 DEFAULT_CLIP_PREFERENCE = "yuvalkirstain/PickScore_v1"

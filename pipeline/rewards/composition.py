@@ -15,9 +15,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.rewards.diversity import spec_of
 from pipeline.rewards.registry import Reward, RewardContext, check_batch, numpy_images
-from pipeline.world.detect import claim_score, classify_pixels, detect, exact_match
+from pipeline.world.attributes import spec_of
+from pipeline.world.detect import claim_score, detect, exact_match, object_area_fraction
 from pipeline.world.scene import PromptSpec
 
 
@@ -65,20 +65,6 @@ class CompositionReward(Reward):
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
         return score_against_prompts(images, prompts, metadata,
                                      lambda image, objects, spec: claim_score(objects, spec, count=self.count))
-
-
-def object_area_fraction(image: np.ndarray, objects: list | None = None) -> float:
-    """Mean detected object area / image area; with no detection, the palette-coloured pixel share.
-    `objects`: the image's detections when the caller has them already.
-
-    The mean, not the sum: a summed area is raised by drawing extra objects, which the first
-    trial did (single-object accuracy fell from 0.81 to 0.23 while the summed area doubled).
-    """
-    h, w = image.shape[:2]
-    objects = detect(image) if objects is None else objects
-    if objects:
-        return min(1.0, sum(o.area for o in objects) / len(objects) / (h * w))
-    return float((classify_pixels(image) >= 0).mean())
 
 
 class _ImageOnlyReward(Reward):

@@ -15,88 +15,11 @@ attribute its prompt leaves open (colour, then shape, then size) instead.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Hashable, Sequence
-
-import numpy as np
 import torch
 
 from pipeline.rewards.registry import Reward, RewardContext, check_batch
-from pipeline.world.captions import parse_caption
-from pipeline.world.detect import detect
-from pipeline.world.scene import PromptSpec
-from pipeline.world.vocab import ATTRIBUTES, COLOURS, SHAPES, SIZES
-
-ATTRIBUTE_CLASSES: dict[str, tuple[str, ...]] = {"colour": tuple(COLOURS), "shape": SHAPES, "size": SIZES}
-
-
-def statistical_parity(attribute_values: Sequence[str | None], classes: Sequence[str]) -> float:
-    """sum_a (p_a - 1/|A|)^2 over `classes` (0 = even split); None / unknown values count as no class."""
-    classes = list(classes)
-    if not classes:
-        raise ValueError("statistical parity needs at least one class")
-    n = len(attribute_values)
-    if n == 0:
-        raise ValueError("statistical parity needs at least one sample")
-    counts = {c: 0 for c in classes}
-    for value in attribute_values:
-        if value in counts:
-            counts[value] += 1
-    return float(sum((counts[c] / n - 1.0 / len(classes)) ** 2 for c in classes))
-
-
-def attribute_entropy(attribute_values: Sequence[str | None], classes: Sequence[str], normalise: bool = True) -> float:
-    """Entropy of the class histogram of the samples that have a class (None ignored); 0 if none has.
-
-    With `normalise`, divided by log|A| so an even split is 1.
-    """
-    classes = list(classes)
-    counts = np.array([sum(v == c for v in attribute_values) for c in classes], dtype=float)
-    total = counts.sum()
-    if total == 0 or len(classes) < 2:
-        return 0.0
-    p = counts[counts > 0] / total
-    entropy = float(-(p * np.log(p)).sum())
-    return entropy / math.log(len(classes)) if normalise else entropy
-
-
-def group_indices(prompts: Sequence[str], metadata: Sequence[dict] | None) -> dict[Hashable, list[int]]:
-    """Sample indices per prompt group: metadata "group" where given, else the prompt text."""
-    groups: dict[Hashable, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        row = metadata[i] if metadata is not None and i < len(metadata) and metadata[i] is not None else {}
-        key = ("group", row["group"]) if row.get("group") is not None else ("prompt", prompt)
-        groups.setdefault(key, []).append(i)
-    return groups
-
-
-def spec_of(prompt: str, row: dict | None) -> PromptSpec:
-    """The prompt's spec: metadata "spec" (a PromptSpec dict) when given, else the parsed caption."""
-    if row and row.get("spec") is not None:
-        spec = row["spec"]
-        return spec if isinstance(spec, PromptSpec) else PromptSpec.from_dict(spec)
-    return parse_caption(prompt)
-
-
-def read_attribute(image: np.ndarray | torch.Tensor, attribute: str) -> str | None:
-    """The attribute of the largest detected object, or None when nothing is detected."""
-    if attribute not in ATTRIBUTE_CLASSES:
-        raise ValueError(f"attribute must be one of {tuple(ATTRIBUTE_CLASSES)}, got {attribute!r}")
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    objects = detect(array)
-    if not objects:
-        return None
-    return getattr(max(objects, key=lambda o: o.area), attribute)
-
-
-def open_attribute(spec: PromptSpec | None, preferred: str) -> str:
-    """`preferred` unless the spec fixes it for its (first) object; then the first attribute it leaves open."""
-    if spec is None or getattr(spec.objects[0], preferred) is None:
-        return preferred
-    for attribute in ATTRIBUTES:
-        if getattr(spec.objects[0], attribute) is None:
-            return attribute
-    return preferred
+from pipeline.world.attributes import (ATTRIBUTE_CLASSES, group_indices, open_attribute, read_attribute, spec_of,
+                                       statistical_parity)
 
 
 class DiversityReward(Reward):

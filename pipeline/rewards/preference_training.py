@@ -14,10 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.rewards.panel import PANEL_SEED, RaterPanel
 from pipeline.rewards.preference import PreferenceModel, num_parameters
-
-LABEL_SEED_OFFSET = 7919  # label draws use a seed derived from, but distinct from, the stage seed
+from pipeline.world.panel import RaterPanel, label_seed, make_panel
 
 
 def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,17 +161,6 @@ def build_preference_dataset(model, prompts: Sequence, *, pairs: int, seed: int,
                            batch_size=batch_size, progress=progress)
     return {"images_a": images[:pairs], "images_b": images[pairs:], "prompts": chosen,
             "seeds_a": seeds_a, "seeds_b": seeds_b}
-
-
-def label_seed(seed: int) -> int:
-    """The seed of the panel's label draws for a stage seed (never the panel's own seed)."""
-    value = int(seed) + LABEL_SEED_OFFSET
-    return value + 1 if value == PANEL_SEED else value
-
-
-def make_panel(reward_params) -> RaterPanel:
-    """The fixed-seed panel of a RewardModelParams: it labels training pairs and judges evaluation."""
-    return RaterPanel(reward_params.raters, reward_params.rater_noise, seed=PANEL_SEED)
 
 
 def fit_labelled_pairs(dataset: dict, panel: RaterPanel, reward_params, seed: int, device: str = "cpu",

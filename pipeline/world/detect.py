@@ -135,6 +135,20 @@ def detect(image: np.ndarray) -> list[DetectedObject]:
     return sorted(found, key=lambda o: (o.cx, o.cy))
 
 
+def object_area_fraction(image: np.ndarray, objects: list | None = None) -> float:
+    """Mean detected object area / image area; with no detection, the palette-coloured pixel share.
+    `objects`: the image's detections when the caller has them already.
+
+    The mean, not the sum: a summed area is raised by drawing extra objects, which the first
+    trial did (single-object accuracy fell from 0.81 to 0.23 while the summed area doubled).
+    """
+    h, w = image.shape[:2]
+    objects = detect(image) if objects is None else objects
+    if objects:
+        return min(1.0, sum(o.area for o in objects) / len(objects) / (h * w))
+    return float((classify_pixels(image) >= 0).mean())
+
+
 def relation_between(a: DetectedObject, b: DetectedObject) -> str:
     """The spatial relation of a to b, along the dominant axis of their centre offset."""
     offset = (a.cx - b.cx, a.cy - b.cy)

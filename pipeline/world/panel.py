@@ -22,16 +22,17 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pipeline.world.captions import parse_caption
-from pipeline.world.detect import claim_score, detect
-from pipeline.world.scene import PromptSpec
-from pipeline.world.vocab import BACKGROUND, COLOURS
+from .captions import parse_caption
+from .detect import claim_score, detect
+from .scene import PromptSpec
+from .vocab import BACKGROUND, COLOURS
 
 QUALITIES = ("in_frame", "size", "clean_background", "crisp_edges", "vivid_colour", "prompt_match")
 MEAN_WEIGHTS = (0.15, 0.10, 0.15, 0.15, 0.10, 0.35)  # the panel's shared taste, sums to 1
 CONCENTRATION = 30.0  # Dirichlet concentration around MEAN_WEIGHTS (larger: raters agree more)
 UTILITY_SCALE = 10.0  # utilities lie in [0, UTILITY_SCALE]
 PANEL_SEED = 20240531  # the panel that labels reward-model pairs and judges evaluation
+LABEL_SEED_OFFSET = 7919  # label draws use a seed derived from, but distinct from, the stage seed
 
 INK = 0.1  # a pixel whose largest channel departs this far ([0, 1] units) from the background has ink
 FULL_COVER = 0.9  # a border pixel this covered by an object's colour means the object is cut off
@@ -217,3 +218,14 @@ class RaterPanel:
         p = self.win_probabilities(images_a, images_b, prompts).mean(0)
         identical = (images_a.reshape(len(images_a), -1) == images_b.reshape(len(images_b), -1)).all(1)
         return torch.where(identical, torch.full_like(p, 0.5), p)
+
+
+def label_seed(seed: int) -> int:
+    """The seed of the panel's label draws for a stage seed (never the panel's own seed)."""
+    value = int(seed) + LABEL_SEED_OFFSET
+    return value + 1 if value == PANEL_SEED else value
+
+
+def make_panel(reward_params) -> RaterPanel:
+    """The fixed-seed panel of a RewardModelParams: it labels training pairs and judges evaluation."""
+    return RaterPanel(reward_params.raters, reward_params.rater_noise, seed=PANEL_SEED)
