@@ -63,12 +63,15 @@ def group_indices(prompts: Sequence[str], metadata: Sequence[dict] | None) -> di
     return groups
 
 
-def spec_of(prompt: str, row: dict | None) -> PromptSpec:
-    """The prompt's spec: metadata "spec" (a PromptSpec dict) when given, else the parsed caption."""
-    if row and row.get("spec") is not None:
-        spec = row["spec"]
-        return spec if isinstance(spec, PromptSpec) else PromptSpec.from_dict(spec)
-    return parse_caption(prompt)
+def spec_of(prompt: str | PromptSpec | dict, row: dict | None = None) -> PromptSpec:
+    """The prompt's spec: its metadata row's "spec" when given, else the prompt itself (a PromptSpec,
+    a PromptSpec dict, or a caption, which is parsed)."""
+    source = row["spec"] if row and row.get("spec") is not None else prompt
+    if isinstance(source, PromptSpec):
+        return source
+    if isinstance(source, dict):
+        return PromptSpec.from_dict(source)
+    return parse_caption(source)
 
 
 def read_attribute(image: np.ndarray | torch.Tensor, attribute: str) -> str | None:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .captions import parse_caption
+from .attributes import spec_of
 from .detect import claim_score, detect
 from .scene import PromptSpec
 from .vocab import BACKGROUND, COLOURS
@@ -46,15 +46,6 @@ VIVID_REFERENCE = 0.8  # core saturation at or above this is fully vivid (palett
 _BG = np.asarray(BACKGROUND, float) / 255
 _DIRS = np.asarray(list(COLOURS.values()), float) / 255 - _BG
 _NAMES = tuple(COLOURS)
-
-
-def as_spec(prompt: str | PromptSpec | dict) -> PromptSpec:
-    """A PromptSpec from a spec, a PromptSpec dict, or a shapes-world caption."""
-    if isinstance(prompt, PromptSpec):
-        return prompt
-    if isinstance(prompt, dict):
-        return PromptSpec.from_dict(prompt)
-    return parse_caption(prompt)
 
 
 def _blend(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,7 +137,7 @@ def image_qualities(images: torch.Tensor | np.ndarray, prompts: Sequence[str | P
         raise ValueError(f"got {len(array)} images but {len(prompts)} prompts")
     if array.dtype != np.uint8:
         raise ValueError(f"expected uint8 images, got {array.dtype}")
-    rows = [_qualities_one(image, as_spec(prompt)) for image, prompt in zip(array, prompts)]
+    rows = [_qualities_one(image, spec_of(prompt)) for image, prompt in zip(array, prompts)]
     return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(QUALITIES))
 
 
