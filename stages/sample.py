@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
         from pathlib import Path
 
         from pipeline.models.loading import load_model
-        from pipeline.samples import eval_rows, sample_rows, write_samples
+        from pipeline.eval_sets import eval_rows, sample_rows
+        from pipeline.samples import write_samples
         from pipeline.tracking import StageRun
 
         rows = eval_rows(args.prompts, params)
