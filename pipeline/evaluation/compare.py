@@ -51,11 +51,9 @@ class Aligned:
 
     rows: list[dict]
     images: dict[str, np.ndarray]
-    specs: list = field(init=False)
     prompts: np.ndarray = field(init=False)  # per row, its (task, prompt) cluster name
 
     def __post_init__(self):
-        self.specs = [spec_of(r["prompt"], r) for r in self.rows]
         self.prompts = np.array([f"{r['task']}|{r['prompt']}" for r in self.rows])
 
     def subset(self, mask: np.ndarray) -> "Aligned":
@@ -122,6 +120,11 @@ class Evaluation:
                                   "ci_low": est.low, "ci_high": est.high, "judge": judge})
 
 
+def prompt_specs(data: Aligned) -> list:
+    """Each row's prompt spec (PromptSpec)."""
+    return [spec_of(r["prompt"], r) for r in data.rows]
+
+
 def _tasks(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["task"] for r in rows))
 
@@ -131,8 +134,9 @@ def _comparisons(data: Aligned) -> list[tuple[str, str, str]]:
 
 
 def add_quality(ev: Evaluation, data: Aligned, panel) -> None:
+    specs = prompt_specs(data)
     for model, images in data.images.items():
-        ev.estimate(f"quality.{model}", judges.panel_utility(panel, images, data.specs), data.prompts)
+        ev.estimate(f"quality.{model}", judges.panel_utility(panel, images, specs), data.prompts)
 
 
 def add_win_rates(ev: Evaluation, data: Aligned, panel, learned) -> None:
@@ -142,11 +146,12 @@ def add_win_rates(ev: Evaluation, data: Aligned, panel, learned) -> None:
     The gap compares like with like: the learned judge's verdict (a score comparison) against the
     panel's noise-free verdict (its mean utility), both deterministic. Against the noisy rater's
     choice, which rater noise pulls towards 0.5, even a perfect reward model would show a gap."""
+    specs = prompt_specs(data)
     scores = {m: judges.learned_scores(learned, im, data.rows) for m, im in data.images.items()} if learned else {}
-    utility = {m: judges.panel_utility(panel, im, data.specs) for m, im in data.images.items()} if learned else {}
+    utility = {m: judges.panel_utility(panel, im, specs) for m, im in data.images.items()} if learned else {}
     for index, (a, b, name) in enumerate(_comparisons(data)):
         seed = judges.judge_seed(ev.params.seed) + index
-        panel_won = judges.panel_outcomes(panel, data.images[a], data.images[b], data.specs, seed)
+        panel_won = judges.panel_outcomes(panel, data.images[a], data.images[b], specs, seed)
         ev.win_rates(data, name, panel_won, "panel", "win_rate")
         if learned:
             learned_won = win_outcomes(scores[a], scores[b])
@@ -161,10 +166,11 @@ def add_composition(ev: Evaluation, data: Aligned) -> None:
     data = data.where_task(*COMPOSITION_TASKS)
     if not data.rows:
         return
-    two = np.array([len(s.objects) == 2 for s in data.specs])
+    specs = prompt_specs(data)
+    two = np.array([len(s.objects) == 2 for s in specs])
     unseen = np.array([bool(r.get("unseen", False)) for r in data.rows])
     splits = {"": np.ones(len(two), dtype=bool), "seen.": ~unseen, "unseen.": unseen}
-    by_model = {model: composition_scores(images, data.specs) for model, images in data.images.items()}
+    by_model = {model: composition_scores(images, specs) for model, images in data.images.items()}
     for model, scores in by_model.items():
         for split, mask in splits.items():
             if not mask.any():
@@ -181,7 +187,7 @@ def add_composition(ev: Evaluation, data: Aligned) -> None:
                     ev.composition_rows.append({"model": model, "split": label, "exact": exact.value,
                                                 "claim_score": claim.value, "ci_low": exact.low, "ci_high": exact.high})
             if not split and (~two).any():
-                add_single_object_diagnosis(ev, f"{prefix}single_", scores, data, ~two)
+                add_single_object_diagnosis(ev, f"{prefix}single_", scores, data, specs, ~two)
             both = mask & two & (scores["objects"] > 0)
             if (mask & two).any():
                 ev.metrics[f"{prefix}two_objects_right"] = float(scores["objects"][mask & two].mean())
@@ -208,11 +214,12 @@ def add_paired_differences(ev: Evaluation, by_model: dict, data: Aligned, two: n
                                 (1.0, -1.0))
 
 
-def add_single_object_diagnosis(ev: Evaluation, prefix: str, scores: dict, data: Aligned, single: np.ndarray) -> None:
+def add_single_object_diagnosis(ev: Evaluation, prefix: str, scores: dict, data: Aligned, specs: list,
+                                single: np.ndarray) -> None:
     """Single-object prompts: exact accuracy by the prompt's size word (`small`, `large`, `nosize`)
     and the share of images with extra objects or a wrong colour/shape/size: a reward that pays
     for size contradicts "small" prompts and can turn shapes into squares (docs/experiments.md E7)."""
-    sizes = np.array([spec.objects[0].size or "nosize" if len(spec.objects) == 1 else "" for spec in data.specs])
+    sizes = np.array([spec.objects[0].size or "nosize" if len(spec.objects) == 1 else "" for spec in specs])
     for size in (*SIZES, "nosize"):
         part = single & (sizes == size)
         if part.any():
@@ -227,13 +234,14 @@ def add_diversity(ev: Evaluation, data: Aligned) -> None:
     if not data.rows:
         return
     preferred = ev.params.evaluate.diversity_attribute
+    specs = prompt_specs(data)
     groups: dict[str, list[int]] = {}
     for i, prompt in enumerate(data.prompts):
         groups.setdefault(prompt, []).append(i)
     for model, images in data.images.items():
         per_prompt = []
         for indices in groups.values():
-            attribute = open_attribute(data.specs[indices[0]], preferred)
+            attribute = open_attribute(specs[indices[0]], preferred)
             values = [read_attribute(images[i], attribute) for i in indices]
             per_prompt.append((*attribute_balance(values, attribute), mean_pairwise_distance(images[indices])))
         table = np.asarray(per_prompt)
