@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     def body(params) -> None:
         from pathlib import Path
 
-        from pipeline.evaluation.compare import evaluate_models, load_models, write_evaluation
+        from pipeline.evaluation.compare import evaluate_models, write_evaluation
+        from pipeline.samples import load_models
         from pipeline.tracking import StageRun
 
         data = load_models(args.samples)

@@ -115,7 +115,8 @@ def test_a_learned_judge_equal_to_the_panels_utility_shows_no_over_optimisation(
     choice (the old definition) this perfect judge showed a gap, since rater noise pulls that win
     rate towards 0.5."""
     from pipeline.config import load_params
-    from pipeline.evaluation.compare import Aligned, Evaluation, add_win_rates
+    from pipeline.evaluation.compare import Evaluation, add_win_rates
+    from pipeline.samples import Aligned
     from pipeline.world.attributes import spec_of
 
     params = load_params(SMOKE_PARAMS)
@@ -295,7 +296,8 @@ def test_evaluate_without_reward_model_or_control_omits_those_keys(evaluated):
 
 def test_task_rewards_are_measured_with_the_task_reward_options(evaluated):
     from pipeline.config import load_params
-    from pipeline.evaluation.compare import Evaluation, load_models
+    from pipeline.evaluation.compare import Evaluation
+    from pipeline.samples import load_models
     from pipeline.evaluation.task_rewards import add_task_rewards
 
     _, samples, m = evaluated
@@ -309,7 +311,7 @@ def test_task_rewards_are_measured_with_the_task_reward_options(evaluated):
 
 
 def test_evaluate_rejects_unpaired_sample_sets():
-    from pipeline.evaluation.compare import align
+    from pipeline.samples import align
 
     rows = [{"task": "single", "prompt": "a red circle", "seed": 0}]
     other = [{"task": "single", "prompt": "a red circle", "seed": 1}]

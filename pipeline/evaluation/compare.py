@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +23,10 @@ from pipeline.evaluation.accuracy import ERROR_KINDS, composition_scores
 from pipeline.evaluation.metrics import (attribute_balance, bootstrap_mean,
                                          mean_pairwise_distance, stable_seed, win_outcomes, win_rate)
 from pipeline.io import write_json, write_text
+from pipeline.samples import Aligned
 from pipeline.world.attributes import open_attribute, read_attribute, spec_of
-from pipeline.samples import read_samples
 from pipeline.world.vocab import SIZES
 
-MODELS = ("base", "control", "rl")
-REQUIRED = ("base", "rl")
 COMPARISONS = (("rl", "base"), ("control", "base"), ("rl", "control"))
 COMPOSITION_TASKS = ("single", "composition")
 DIVERSITY_TASK = "diversity"
@@ -39,59 +35,6 @@ COMPOSITION_COLUMNS = ("model", "split", "exact", "claim_score", "ci_low", "ci_h
 # (key split, object-count prefix) -> composition.csv split name; ci_low/ci_high are exact's interval.
 CSV_SPLITS = {("", ""): "all", ("", "single_"): "single", ("", "two_"): "two", ("seen.", ""): "seen",
               ("unseen.", ""): "unseen"}
-
-
-def pair_key(row: dict) -> tuple:
-    return row["task"], row["prompt"], int(row["seed"])
-
-
-@dataclass
-class Aligned:
-    """Rows (from base) and each model's images, aligned on (task, prompt, seed)."""
-
-    rows: list[dict]
-    images: dict[str, np.ndarray]
-    prompts: np.ndarray = field(init=False)  # per row, its (task, prompt) cluster name
-
-    def __post_init__(self):
-        self.prompts = np.array([f"{r['task']}|{r['prompt']}" for r in self.rows])
-
-    def subset(self, mask: np.ndarray) -> "Aligned":
-        mask = np.asarray(mask, dtype=bool)
-        return Aligned([r for r, m in zip(self.rows, mask) if m], {k: v[mask] for k, v in self.images.items()})
-
-    def where_task(self, *tasks: str) -> "Aligned":
-        return self.subset(np.array([r["task"] in tasks for r in self.rows], dtype=bool))
-
-
-def load_models(samples_dir: str | Path) -> Aligned:
-    """Read `<samples_dir>/{base,control,rl}` and align them; control is optional (warns if missing)."""
-    samples_dir = Path(samples_dir)
-    loaded = {}
-    for name in MODELS:
-        folder = samples_dir / name
-        if not folder.is_dir():
-            if name in REQUIRED:
-                raise FileNotFoundError(f"{folder}: sample folder not found (run `dvc repro sample_{name}`)")
-            warnings.warn(f"{folder} is missing: control comparisons are omitted", RuntimeWarning, stacklevel=2)
-            continue
-        loaded[name] = read_samples(folder)
-    return align(loaded)
-
-
-def align(loaded: dict[str, tuple[list[dict], np.ndarray]]) -> Aligned:
-    """Keep the (task, prompt, seed) pairs every model has, in base's order; warn about dropped ones."""
-    indexes = {name: {pair_key(r): i for i, r in enumerate(rows)} for name, (rows, _) in loaded.items()}
-    base_rows = loaded["base"][0]
-    common = [k for k in indexes["base"] if all(k in index for index in indexes.values())]
-    if not common:
-        raise ValueError("the sample sets share no (task, prompt, seed) pair; were they sampled from the same prompts?")
-    dropped = max(len(index) for index in indexes.values()) - len(common)
-    if dropped:
-        warnings.warn(f"{dropped} sample(s) lack a counterpart in every model and are left out", RuntimeWarning,
-                      stacklevel=2)
-    images = {name: loaded[name][1][[indexes[name][k] for k in common]] for name in loaded}
-    return Aligned([base_rows[indexes["base"][k]] for k in common], images)
 
 
 class Evaluation:

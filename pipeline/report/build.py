@@ -21,7 +21,7 @@ class ReportInputs:
     train_metrics: dict[str, float] | None = None
     pretrain_metrics: dict[str, float] | None = None
     curves: list[dict] = field(default_factory=list)
-    samples: object | None = None  # pipeline.evaluation.compare.Aligned
+    samples: object | None = None  # pipeline.samples.Aligned
     runs: list[tuple[str, dict[str, float]]] = field(default_factory=list)
     params_text: str = ""
     provenance: dict[str, str] = field(default_factory=dict)
@@ -33,7 +33,7 @@ def load_inputs(metrics_dir: str | Path, plots_dir: str | Path, samples_dir: str
     eval_metrics = read_metrics(metrics_dir / "eval.json", required=True)
     samples = None
     if samples_dir is not None and (Path(samples_dir) / "base").is_dir():
-        from pipeline.evaluation.compare import load_models
+        from pipeline.samples import load_models
 
         samples = load_models(samples_dir)
     return ReportInputs(eval_metrics=eval_metrics,
