@@ -139,13 +139,16 @@ def _imported_project_files(path: Path) -> set[Path]:
 
 
 def _import_closure(start: Path) -> set[str]:
+    """Project files `start` runs, through imports. Tracking's own imports are not followed: they run
+    only on tracking's behalf (its params hash, its buffer) and cannot reach a stage's outputs."""
     seen: set[Path] = set()
     todo = [start]
     while todo:
         path = todo.pop()
         if path not in seen:
             seen.add(path)
-            todo.extend(_imported_project_files(path))
+            if not path.relative_to(ROOT).as_posix().startswith("pipeline/tracking"):
+                todo.extend(_imported_project_files(path))
     return {p.relative_to(ROOT).as_posix() for p in seen}
 
 
