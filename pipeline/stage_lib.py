@@ -10,7 +10,7 @@ from pipeline.config import Params
 from pipeline.evaluation.accuracy import spec_accuracy
 from pipeline.models.base import Text2ImageModel
 from pipeline.eval_sets import eval_rows, sample_rows
-from pipeline.tracking import params_hash
+from pipeline.keys import params_hash
 from pipeline.world.scene import PromptSpec
 
 

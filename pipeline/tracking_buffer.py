@@ -18,12 +18,14 @@ import uuid
 import warnings
 from pathlib import Path
 
+from pipeline import tracking_client as calls
+
 BUFFER_ENV = "PIPELINE_MLFLOW_BUFFER"  # overrides the buffer folder
 COPY_LIMIT_BYTES = 512 * 2**20  # buffered artifacts up to this size are copied, larger ones referenced
 
 
 def buffer_dir() -> Path:
-    return Path(os.environ.get(BUFFER_ENV) or tracking.project_root() / ".cache" / "mlflow-buffer")
+    return Path(os.environ.get(BUFFER_ENV) or calls.project_root() / ".cache" / "mlflow-buffer")
 
 
 class RunBuffer:
@@ -112,24 +114,24 @@ def _replay_run(client, uri: str, events: list[dict]) -> str:
     from mlflow.exceptions import MlflowException
 
     start = events[0]
-    experiment_id = tracking._experiment_id(client, uri)
+    experiment_id = calls.experiment_id(client, uri)
     run_id = start.get("run_id")
     if run_id:
         try:
             client.get_run(run_id)
         except MlflowException:  # the server came back with another store
             run_id = None
-    parent_id = tracking._parent_run(client, experiment_id, start["group"], start["parent_tags"])
+    parent_id = calls.parent_run(client, experiment_id, start["group"], start["parent_tags"])
     if not run_id:
         run_id = client.create_run(experiment_id, start_time=start["start_time"], run_name=start["stage"],
                                    tags={**start["tags"], "mlflow.parentRunId": parent_id,
                                          "pipeline.replayed": "true"}).info.run_id
-    tracking._log_params(client, run_id, start["params"])
+    calls.log_params(client, run_id, start["params"])
     rows = [row for e in events if e["event"] == "metrics" for row in e["rows"]]
-    tracking._log_metrics(client, run_id, rows)
+    calls.log_metrics(client, run_id, rows)
     for event in events:
         if event["event"] == "artifact" and Path(event["path"]).exists():
-            tracking._log_path(client, run_id, Path(event["path"]), event["artifact_path"])
+            calls.log_path(client, run_id, Path(event["path"]), event["artifact_path"])
     end = next((e for e in events if e["event"] == "end"), {"status": "KILLED", "end_time": None})
     client.set_terminated(run_id, end["status"], end["end_time"])
     client.set_terminated(parent_id, end["status"], end["end_time"])
@@ -139,7 +141,7 @@ def _replay_run(client, uri: str, events: list[dict]) -> str:
 def replay_buffer(uri: str | None = None, client=None, any_uri: bool = False) -> list[str]:
     """Send buffered runs recorded for `uri` (all of them with `any_uri`) to `uri`; return their run ids.
     A file is claimed by renaming, so concurrent stages never replay it twice; on failure it is put back."""
-    uri = uri or tracking.default_tracking_uri()
+    uri = uri or calls.default_tracking_uri()
     if client is None:
         from mlflow.tracking import MlflowClient
 
@@ -154,7 +156,7 @@ def replay_buffer(uri: str | None = None, client=None, any_uri: bool = False) ->
         try:
             replayed.append(_replay_run(client, uri, _read_events(claimed)))
         except Exception as exc:
-            if tracking._rejected(exc):  # would fail every time: set aside, do not block the others
+            if calls.rejected(exc):  # would fail every time: set aside, do not block the others
                 claimed.rename(claimed.with_name(claimed.name.replace(".replaying", ".rejected")))
                 warnings.warn(f"MLflow refused buffered run {path.name} ({str(exc)[:300]}); set aside as "
                               f"*.rejected in {path.parent}", RuntimeWarning)
@@ -177,17 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI or the project's mlflow.db)")
         s.add_argument("--any", action="store_true", help="also runs buffered for another URI")
     args = p.parse_args(argv)
-    uri = args.uri or tracking.default_tracking_uri()
+    uri = args.uri or calls.default_tracking_uri()
     if args.command == "list":
         for path in pending(None if args.any else uri):
             print(path)
         return
-    with tracking._QuickHttp():
-        tracking._probe(uri)
+    with calls.QuickHttp():
+        calls.probe(uri)
         ids = replay_buffer(uri, any_uri=args.any)
     print(f"sent {len(ids)} buffered run(s) to {uri}; {len(pending(None if args.any else uri))} left in {buffer_dir()}")
-
-
-# Imported last: pipeline.tracking imports this module's names when it loads, and this module
-# only uses `tracking.*` when its functions run, so either module may be imported first.
-from pipeline import tracking  # noqa: E402

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.servers import MlflowServer
-from pipeline import tracking
-from pipeline.tracking import StageRun, flatten, metric_name, pending, run_group
+from pipeline import tracking_buffer, tracking_client
+from pipeline.keys import flatten
+from pipeline.tracking import StageRun, metric_name, run_group
+from pipeline.tracking_buffer import pending
 
 SMOKE = Path(__file__).parent / "params.smoke.yaml"
 PARAMS = {"seed": 0, "rl": {"iterations": 10, "lr": 5e-5, "tasks": [{"name": "composition", "reward": "composition"}]}}
@@ -31,7 +33,7 @@ def tracked(mlflow_srv, tmp_path, monkeypatch):
     group = f"test-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_srv.url)
     monkeypatch.setenv("PIPELINE_RUN_GROUP", group)
-    monkeypatch.setenv(tracking.BUFFER_ENV, str(tmp_path / "buffer"))
+    monkeypatch.setenv(tracking_buffer.BUFFER_ENV, str(tmp_path / "buffer"))
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     return group
 
@@ -43,7 +45,7 @@ def client_for(url):
 
 
 def group_runs(client, group):
-    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    experiment = client.get_experiment_by_name(tracking_client.EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`pipeline.group` = '{group}'")
     parents = [r for r in runs if r.data.tags["pipeline.role"] == "parent"]
     children = {r.info.run_name: r for r in runs if r.data.tags["pipeline.role"] == "stage"}
@@ -75,11 +77,11 @@ def test_helpers(monkeypatch):
     assert metric_name("composition/reward mean") == "composition.reward_mean"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    assert tracking.default_tracking_uri() == f"sqlite:///{tracking.PROJECT_ROOT / 'mlflow.db'}"
+    assert tracking_client.default_tracking_uri() == f"sqlite:///{tracking_client.PROJECT_ROOT / 'mlflow.db'}"
     monkeypatch.setenv("DVC_ROOT", "/repo")  # a queued experiment runs in a temp copy: the store stays in the repo
-    assert tracking.default_tracking_uri() == "sqlite:////repo/mlflow.db"
+    assert tracking_client.default_tracking_uri() == "sqlite:////repo/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
-    assert tracking.default_tracking_uri() == "http://127.0.0.1:1"
+    assert tracking_client.default_tracking_uri() == "http://127.0.0.1:1"
     monkeypatch.delenv("PIPELINE_RUN_GROUP", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     assert run_group().startswith("commit-")
@@ -92,10 +94,10 @@ def test_helpers(monkeypatch):
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
     # Refused calls are skipped, not buffered (they would fail on every replay); outages are buffered.
-    assert tracking._rejected(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE))
-    assert not tracking._rejected(MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST))
-    assert not tracking._rejected(MlflowException("API request failed with exception ConnectionError"))
-    assert not tracking._rejected(ConnectionError("refused"))
+    assert tracking_client.rejected(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE))
+    assert not tracking_client.rejected(MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert not tracking_client.rejected(MlflowException("API request failed with exception ConnectionError"))
+    assert not tracking_client.rejected(ConnectionError("refused"))
 
 
 def test_hung_server_does_not_stall_a_stage_and_sync_sends_to_local_store(tmp_path, monkeypatch, capsys):
@@ -107,7 +109,7 @@ def test_hung_server_does_not_stall_a_stage_and_sync_sends_to_local_store(tmp_pa
     url = f"http://127.0.0.1:{hung.getsockname()[1]}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("PIPELINE_RUN_GROUP", "offline")
-    monkeypatch.setenv(tracking.BUFFER_ENV, str(tmp_path / "buffer"))
+    monkeypatch.setenv(tracking_buffer.BUFFER_ENV, str(tmp_path / "buffer"))
     began = time.monotonic()
     with pytest.warns(RuntimeWarning, match="buffering stage finetune"):
         run = fake_finetune(tmp_path, iterations=4)
@@ -115,10 +117,10 @@ def test_hung_server_does_not_stall_a_stage_and_sync_sends_to_local_store(tmp_pa
     hung.close()
     assert run.run_id is None and pending(url) == [run.buffer_path]
 
-    tracking.main(["list", "--uri", url])
+    tracking_buffer.main(["list", "--uri", url])
     assert str(run.buffer_path) in capsys.readouterr().out
     local = f"sqlite:///{tmp_path / 'local.db'}"
-    tracking.main(["sync", "--uri", local, "--any"])
+    tracking_buffer.main(["sync", "--uri", local, "--any"])
     assert "sent 1 buffered run(s)" in capsys.readouterr().out
     client = client_for(local)
     parents, children = group_runs(client, "offline")

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from pipeline.io import DataFileError
-from pipeline.tracking import flatten
+from pipeline.keys import flatten
 
 EVAL_FILE = "eval.json"
 
