@@ -10,13 +10,20 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm.auto import tqdm
 
 from pipeline.checkpoints import load_latest, restore_rng_state, rng_state, save_checkpoint
 from pipeline.models.base import Text2ImageModel
-from pipeline.rl.loss import diffusion_loss
 from pipeline.world.stream import SceneStream
+
+TRAIN_PASS_COST = 3  # a forward+backward UNet pass costs ~3 forward passes (compute budget unit)
+
+
+def diffusion_loss(model_output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pretraining objective L_pre: mean squared error between predicted and true noise."""
+    return F.mse_loss(model_output.float(), target.float())
 
 
 def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

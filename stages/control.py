@@ -16,7 +16,7 @@ CONTROL_STREAM_OFFSET = 2_000  # fresh pretraining data, apart from the base's a
 
 
 def control_steps(budget: dict, batch_size: int) -> int:
-    from pipeline.rl.trainer import TRAIN_PASS_COST
+    from pipeline.pretraining import TRAIN_PASS_COST
 
     return max(1, math.ceil(budget["unet_passes"] / (TRAIN_PASS_COST * batch_size)))
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pipeline.rl.advantages import ADVANTAGE_MODES, AdvantageResult, compute_advantages
-from pipeline.rl.loss import clipped_policy_loss, diffusion_loss
+from pipeline.pretraining import diffusion_loss
+from pipeline.rl.loss import clipped_policy_loss
 
 
 def _pop_std(t):

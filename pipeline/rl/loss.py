@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -58,8 +57,3 @@ def clipped_policy_loss(
         clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean().item()
         ratio_mean = ratio.float().mean().item()
     return PolicyLossOutput(loss=loss, approx_kl=approx_kl, clip_fraction=clip_fraction, ratio_mean=ratio_mean)
-
-
-def diffusion_loss(model_output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Pretraining objective L_pre: mean squared error between predicted and true noise."""
-    return F.mse_loss(model_output.float(), target.float())

@@ -18,15 +18,13 @@ import torch
 
 from pipeline.config import RLParams, SamplingParams, TaskParams
 from pipeline.models.base import Text2ImageModel
-from pipeline.pretraining import ParameterEMA, pretraining_loss
+from pipeline.pretraining import TRAIN_PASS_COST, ParameterEMA, pretraining_loss
 from pipeline.rewards.registry import Reward
 from pipeline.rl.advantages import compute_advantages
 from pipeline.rl.batches import TaskBatch, draw_task_batch
 from pipeline.rl.loss import clipped_policy_loss
 from pipeline.rl.policy import choose_train_steps, recompute_log_probs, stochastic_steps
 from pipeline.sampling import Trajectory, sample_trajectories
-
-TRAIN_PASS_COST = 3  # a forward+backward UNet pass costs ~3 forward passes (compute budget unit)
 
 
 @dataclass
