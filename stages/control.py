@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     def body(params) -> None:
         from pipeline.io import atomic_path, write_json
         from pipeline.models.loading import load_model
-        from pipeline.pretraining import pretrain
+        from pipeline.pretraining import TRAIN_PASS_COST, pretrain
         from pipeline.stage_lib import folder_fingerprint, run_key
         from pipeline.tracking import StageRun
         from pipeline.world.stream import SceneStream
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             with atomic_path(Path(args.out), directory=True) as tmp:
                 result.model.save_pretrained(tmp)
             metrics = {"steps": result.steps, "budget": params.control.budget,
-                       "unet_passes": 3 * result.steps * pt.batch_size, "rl_unet_passes": budget["unet_passes"]}
+                       "unet_passes": TRAIN_PASS_COST * result.steps * pt.batch_size,
+                       "rl_unet_passes": budget["unet_passes"]}
             write_json(args.metrics, metrics)
             run.log_metrics({"steps": result.steps, "seconds": result.seconds})
         print(f"control: {metrics}")
