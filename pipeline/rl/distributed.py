@@ -8,11 +8,25 @@ batch statistics), gradients are averaged by DDP, and only the main process writ
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from pipeline.models.base import Text2ImageModel
-from pipeline.rl.trainer import Distributed
+
+
+@dataclass
+class Distributed:
+    """What the trainer needs from a multi-process launcher (accelerate); identity on one process."""
+
+    process_index: int = 0
+    num_processes: int = 1
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+    backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward()
+    clip_grad_norm: Callable | None = None
+    is_main: bool = True
+    barrier: Callable[[], None] = lambda: None
 
 
 def launched_distributed() -> bool:

@@ -19,7 +19,8 @@ from pipeline.pretraining import StreamBatches
 from pipeline.prompts import check_no_leak
 from pipeline.rewards.adapters import RewardLoadError
 from pipeline.rewards.registry import RewardContext, build_reward
-from pipeline.rl.trainer import Distributed, RLTrainer, TaskRuntime
+from pipeline.rl.distributed import Distributed
+from pipeline.rl.trainer import RLTrainer, TaskRuntime
 from pipeline.world.stream import SceneStream
 
 PRETRAIN_STREAM_OFFSET = 1_000  # L_pre pairs come from a stream seeded apart from pretraining's

@@ -22,6 +22,7 @@ from pipeline.pretraining import TRAIN_PASS_COST, ParameterEMA, pretraining_loss
 from pipeline.rewards.registry import Reward
 from pipeline.rl.advantages import compute_advantages
 from pipeline.rl.batches import TaskBatch, draw_task_batch
+from pipeline.rl.distributed import Distributed
 from pipeline.rl.loss import clipped_policy_loss
 from pipeline.rl.policy import choose_train_steps, recompute_log_probs, stochastic_steps
 from pipeline.sampling import Trajectory, sample_trajectories
@@ -32,19 +33,6 @@ class TaskRuntime:
     params: TaskParams
     reward: Reward
     records: list[dict]
-
-
-@dataclass
-class Distributed:
-    """What the trainer needs from a multi-process launcher (accelerate); identity on one process."""
-
-    process_index: int = 0
-    num_processes: int = 1
-    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
-    backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward()
-    clip_grad_norm: Callable | None = None
-    is_main: bool = True
-    barrier: Callable[[], None] = lambda: None
 
 
 @dataclass
