@@ -103,7 +103,7 @@ def build(args):
     if Path(args.prompts).is_dir():
         records = build_tasks(params.model_copy(update={"rl": params.rl.model_copy(update={"tasks": [task]})}),
                               args.prompts, None)[0].records
-    trainer = build_trainer(model, params, [TaskRuntime(task, build_reward(task.reward), records)], progress=False)
+    trainer = build_trainer(model, params, [TaskRuntime(task, build_reward(task.reward), records)])
     return params, model, trainer
 
 

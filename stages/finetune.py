@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         dist = setup_distributed(model, params.device)
         tracker = StageRun("finetune", params.model_dump(mode="json")) if dist.is_main else _Untracked()
         with tracker as run:
-            trainer = build_trainer(model, params, tasks, dist=dist, progress=not args.no_progress)
+            trainer = build_trainer(model, params, tasks, dist=dist)
             timing = train(trainer, params.rl.iterations, Path(args.checkpoints) / key, params.rl.checkpoint_every,
                            max_minutes=params.rl.max_minutes, log_fn=run.log_metrics,
                            progress=not args.no_progress, stop_after=args.stop_after)

@@ -39,7 +39,7 @@ def task_trainer(model, params, reward: str | None = None):
     task = params.rl.tasks[0]
     records = build_corpus(task.prompts, params.prompts, params.seed).train
     runtime = TaskRuntime(task, build_reward(reward or task.reward), records)
-    return build_trainer(model, params, [runtime], progress=False)
+    return build_trainer(model, params, [runtime])
 
 
 def checkpoint_stamp(folder, name: str | None = None) -> tuple[str, int, int]:

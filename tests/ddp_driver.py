@@ -30,7 +30,7 @@ def main(params_path: str, base: str, prompts: str, out: str, mode: str = "one-u
     configure(params.seed, params.threads)
     model = load_model(base, params)
     dist = setup_distributed(model, params.device)
-    trainer = build_trainer(model, params, build_tasks(params, prompts, None), dist=dist, progress=False)
+    trainer = build_trainer(model, params, build_tasks(params, prompts, None), dist=dist)
     task = trainer.tasks[0]
     if mode == "nan-on-process-1":
         task.reward = _NaNOnProcess1(task.reward, dist.process_index)
@@ -39,9 +39,10 @@ def main(params_path: str, base: str, prompts: str, out: str, mode: str = "one-u
         return
     batch, traj = trainer.sample_task(task, 0)
     rewards, adv = trainer.score(task, batch, traj)
-    trainer.train_task(traj, adv.advantages, adv.valid)
+    plan = trainer.make_plan(traj)
+    trainer.train_task(traj, adv.advantages, adv.valid, plan=plan)
     torch.save({"traj": traj, "rewards": rewards, "group_ids": batch.group_ids, "advantages": adv.advantages,
-                "valid": adv.valid, "plan": trainer.last_plan, "unet": model.unet.state_dict(),
+                "valid": adv.valid, "plan": plan, "unet": model.unet.state_dict(),
                 "num_processes": dist.num_processes}, Path(out) / f"process-{dist.process_index}.pt")
 
 

@@ -69,7 +69,7 @@ def test_two_processes_equal_one_process_on_the_union(smoke_workspace, tmp_path)
     params = load_params(params_path)
     configure(params.seed, params.threads)
     model = load_model(smoke_workspace / "base", params)
-    trainer = build_trainer(model, params, build_tasks(params, smoke_workspace / "prompts", None), progress=False)
+    trainer = build_trainer(model, params, build_tasks(params, smoke_workspace / "prompts", None))
     gathered = compute_advantages(torch.cat([r["rewards"] for r in runs]), params.rl.tasks[0].advantage,
                                   torch.cat([r["group_ids"] for r in runs]), clip=params.rl.adv_clip)
     assert torch.allclose(gathered.advantages, torch.cat([r["advantages"] for r in runs]))  # global statistics

@@ -14,7 +14,7 @@ def test_batched_update_equals_per_timestep_loop(smoke_workspace):
     params = load_params(SMOKE_PARAMS)
     params = params.model_copy(update={"rl": params.rl.model_copy(update={"pretrain_beta": 0.0, "adam_eps": 1e-2})})
     model = load_model(smoke_workspace / "base", params)
-    trainer = build_trainer(model, params, build_tasks(params, smoke_workspace / "prompts", None), progress=False)
+    trainer = build_trainer(model, params, build_tasks(params, smoke_workspace / "prompts", None))
     batch, traj = trainer.sample_task(trainer.tasks[0], 0)
     advantages = torch.randn(len(traj), generator=torch.Generator().manual_seed(0))
     valid = torch.ones(len(traj), dtype=torch.bool)
@@ -23,8 +23,8 @@ def test_batched_update_equals_per_timestep_loop(smoke_workspace):
     optimizer_start = copy.deepcopy(trainer.optimizer.state_dict())
     schedule_start = copy.deepcopy(trainer.schedule.state_dict())
 
-    trainer.train_task(traj, advantages, valid, plan=plan)
-    batched_losses, batched = trainer.last_step_losses, copy.deepcopy(model.unet.state_dict())
+    batched_losses = trainer.train_task(traj, advantages, valid, plan=plan)["loss_rl"]
+    batched = copy.deepcopy(model.unet.state_dict())
 
     model.unet.load_state_dict(start)
     trainer.optimizer.load_state_dict(optimizer_start)

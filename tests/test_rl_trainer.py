@@ -109,7 +109,7 @@ def test_iteration_with_no_finite_reward_is_skipped(smoke_workspace):
     params = load_params(SMOKE_PARAMS)
     model = load_model(smoke_workspace / "base", params)
     records = [{"prompt": "a red circle left of a blue square", "spec": None}]
-    trainer = build_trainer(model, params, [TaskRuntime(params.rl.tasks[0], _NaNReward(), records)], progress=False)
+    trainer = build_trainer(model, params, [TaskRuntime(params.rl.tasks[0], _NaNReward(), records)])
     trainer.rl = trainer.rl.model_copy(update={"pretrain_beta": 0.0})
     before = [p.detach().clone() for p in model.unet.parameters()]
     with pytest.warns(RuntimeWarning, match="no finite reward"):
@@ -127,7 +127,7 @@ def test_distribution_level_reward_rejects_group_advantages(smoke_workspace):
 
     tasks = build_tasks(params, smoke_workspace / "prompts", None)
     with pytest.raises(ValueError, match=r"rl.tasks\[0\].advantage"):
-        build_trainer(load_model(smoke_workspace / "base", params), params, tasks, progress=False)
+        build_trainer(load_model(smoke_workspace / "base", params), params, tasks)
 
 
 def test_joint_three_task_training_runs(smoke_workspace, tmp_path):
@@ -193,7 +193,7 @@ def test_lora_on_the_tiny_model_trains_only_adapters_and_saves_them_fused(smoke_
 
     from pipeline.rl.run import build_tasks
 
-    trainer = build_trainer(model, params, build_tasks(params, smoke_workspace / "prompts", None), progress=False)
+    trainer = build_trainer(model, params, build_tasks(params, smoke_workspace / "prompts", None))
     assert model.lora_rank == 2
     trainable = {n for n, p in model.unet.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)

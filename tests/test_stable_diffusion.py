@@ -110,7 +110,7 @@ def test_lora_trains_only_adapters_and_saves_fused(sd_folder, tmp_path):
     params = sd_params(sd_folder, lora_rank=2)
     model = load_model(sd_folder, params)
     assert model.lora_rank == 0  # loading adds no adapters: sampling and the control use the plain UNet
-    build_trainer(model, params, [], progress=False)  # RL adds them
+    build_trainer(model, params, [])  # RL adds them
     trainable = dict((n, p) for n, p in model.unet.named_parameters() if p.requires_grad)
     assert trainable and all("lora_" in n for n in trainable)
     assert {id(p) for p in model.trainable_unet_parameters()} == {id(p) for p in trainable.values()}

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     configure(params.seed, params.threads)
     model = load_model(args.model, params)
-    trainer = build_trainer(model, params, build_tasks(params, args.prompts, args.reward_model), progress=False)
+    trainer = build_trainer(model, params, build_tasks(params, args.prompts, args.reward_model))
     cosines = gradient_agreement(trainer, args.task, args.repeats)
     for key, values in cosines.items():
         print(f"{key:9s} cosine {np.mean(values):+.4f} ± {np.std(values):.4f}  ({', '.join(f'{v:+.3f}' for v in values)})")

@@ -2,8 +2,9 @@
 
 For each minibatch and each chosen timestep position, one UNet call on that position alone (with
 guidance as a concatenated 2B batch), loss, backward; gradients accumulate over the positions and
-the optimiser steps once per minibatch. Same samples, same plan, same loss as `RLTrainer.train_task`,
-which instead puts all positions of a minibatch through one UNet call.
+the optimiser steps once per minibatch, through the trainer's own `apply_gradients`. Same samples,
+same plan, same loss as `RLTrainer.train_task`, which instead puts all positions of a minibatch
+through one UNet call.
 """
 from __future__ import annotations
 
@@ -31,8 +32,6 @@ def per_timestep_update(trainer: RLTrainer, traj: Trajectory, advantages: torch.
                                       rl.clip_range, mask=valid[minibatch])
             (out.loss / positions).backward()
             total += out.loss.item() / positions
-        torch.nn.utils.clip_grad_norm_(trainer.parameters, rl.max_grad_norm)
-        trainer.optimizer.step()
-        trainer.schedule.step()
+        trainer.apply_gradients()
         losses.append(total)
     return losses

@@ -71,8 +71,8 @@ def check_train_split(prompts_dir: str | Path, corpus: str, train: list[dict]) -
         check_no_leak(train, held_out, str(Path(prompts_dir) / f"{corpus}.train.jsonl"))
 
 
-def build_trainer(model: Text2ImageModel, params: Params, tasks: list[TaskRuntime], dist: Distributed | None = None,
-                  log_fn=None, progress: bool = True) -> RLTrainer:
+def build_trainer(model: Text2ImageModel, params: Params, tasks: list[TaskRuntime],
+                  dist: Distributed | None = None) -> RLTrainer:
     for module in (getattr(model, "text_encoder", None), model.vae):
         if module is not None:
             module.requires_grad_(False)
@@ -82,8 +82,7 @@ def build_trainer(model: Text2ImageModel, params: Params, tasks: list[TaskRuntim
     stream = SceneStream(params.seed + PRETRAIN_STREAM_OFFSET + PROCESS_STREAM_STRIDE * index, params.world.resolution,
                          params.world.two_object_prob)
     batches = StreamBatches(stream) if params.model.kind == "tiny" else None
-    return RLTrainer(model, tasks, params.rl, params.sampling, params.seed, pretrain_batches=batches, dist=dist,
-                     log_fn=log_fn, progress=progress)
+    return RLTrainer(model, tasks, params.rl, params.sampling, params.seed, pretrain_batches=batches, dist=dist)
 
 
 def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None, checkpoint_every: int,

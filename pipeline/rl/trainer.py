@@ -43,21 +43,18 @@ class TrainerState:
     history: list[dict] = field(default_factory=list)
 
 
-def _grad_norm(parameters) -> float:
-    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+def step_means(stats: dict[str, list[float]]) -> dict[str, float]:
+    """The mean over optimiser steps of each statistic `train_task` returns (one train.csv row's values)."""
+    return {key: float(np.mean(values)) for key, values in stats.items()}
 
 
 class RLTrainer:
     def __init__(self, model: Text2ImageModel, tasks: list[TaskRuntime], rl: RLParams, sampling: SamplingParams,
                  seed: int, pretrain_batches: Callable[[int], tuple[torch.Tensor, list[str]]] | None = None,
-                 dist: Distributed | None = None, log_fn: Callable[[dict, int], None] | None = None,
-                 progress: bool = True):
+                 dist: Distributed | None = None):
         self.model, self.tasks, self.rl, self.sampling = model, tasks, rl, sampling
         self.dist = dist or Distributed()
         self.pretrain_batches = pretrain_batches
-        self.log_fn = log_fn
-        self.progress = progress
         for index, task in enumerate(tasks):
             if task.reward.distribution_level and task.params.advantage == "group":
                 raise ValueError(f"rl.tasks[{index}].advantage is 'group' but reward {task.params.reward!r} is "
@@ -120,12 +117,13 @@ class RLTrainer:
 
     def train_task(self, traj: Trajectory, advantages: torch.Tensor, valid: torch.Tensor,
                    plan: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                   step_scale: float = 1.0) -> dict[str, float]:
+                   step_scale: float = 1.0) -> dict[str, list[float]]:
         """Clipped policy-gradient steps; all chosen timesteps of a minibatch go through one UNet call.
-        `step_scale` (the task's weight) multiplies the learning rate of these steps."""
+        `step_scale` (the task's weight) multiplies the learning rate of these steps. Returns each
+        statistic per optimiser step, in plan order: approx_kl, clip_fraction, ratio_mean,
+        grad_norm_rl (before clipping) and loss_rl (the clipped surrogate)."""
         rl = self.rl
         plan = self.make_plan(traj) if plan is None else plan
-        self.last_plan = plan
         stats = {"approx_kl": [], "clip_fraction": [], "ratio_mean": [], "grad_norm_rl": [], "loss_rl": []}
         self.model.train()
         for minibatch, steps in plan:
@@ -133,19 +131,12 @@ class RLTrainer:
             loss = out.loss
             if self.pretrain_batches and rl.pretrain_mode == "joint" and rl.pretrain_beta > 0:
                 loss = loss + rl.pretrain_beta * self._pretrain_loss()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.dist.backward(loss)
-            stats["grad_norm_rl"].append(self._clip())
-            self._scaled_step(step_scale)
-            self.schedule.step()
-            if self.ema:
-                self.ema.update(self.model.unet)
+            stats["grad_norm_rl"].append(self.optimiser_step(loss, scale=step_scale))
             self._count(TRAIN_PASS_COST * steps.numel() * self._rows_per_sample)
             for key, value in (("approx_kl", out.approx_kl), ("clip_fraction", out.clip_fraction),
                                ("ratio_mean", out.ratio_mean), ("loss_rl", out.loss.item())):
                 stats[key].append(value)
-        self.last_step_losses = stats["loss_rl"]
-        return {key: float(np.mean(values)) for key, values in stats.items()}
+        return stats
 
     def policy_loss(self, traj: Trajectory, advantages: torch.Tensor, minibatch: torch.Tensor, steps: torch.Tensor,
                     valid: torch.Tensor | None = None):
@@ -166,14 +157,29 @@ class RLTrainer:
         """UNet forward-equivalents of the whole run (all processes), the control's budget."""
         self.state.unet_passes += passes * self.dist.num_processes
 
-    def _scaled_step(self, scale: float) -> None:
-        """One optimiser step at `scale` times the scheduled learning rate (weight decay included)."""
+    def optimiser_step(self, loss: torch.Tensor, scale: float = 1.0, schedule: bool = True) -> float:
+        """Every optimiser step of the trainer: clear the gradients, backpropagate `loss` (through DDP
+        when distributed), then `apply_gradients`. Returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.dist.backward(loss)
+        return self.apply_gradients(scale, schedule)
+
+    def apply_gradients(self, scale: float = 1.0, schedule: bool = True) -> float:
+        """Clip the gradients to rl.max_grad_norm, step at `scale` times the scheduled learning rate
+        (weight decay included), advance the warm-up schedule (RL steps; Algorithm 1's L_pre step
+        does not), update the EMA. Returns the gradient norm before clipping."""
+        norm = self._clip()
         scheduled = [group["lr"] for group in self.optimizer.param_groups]
         for group, lr in zip(self.optimizer.param_groups, scheduled):
             group["lr"] = lr * scale
         self.optimizer.step()
         for group, lr in zip(self.optimizer.param_groups, scheduled):
             group["lr"] = lr
+        if schedule:
+            self.schedule.step()
+        if self.ema:
+            self.ema.update(self.model.unet)
+        return norm
 
     def _clip(self) -> float:
         if self.dist.clip_grad_norm is not None:
@@ -193,12 +199,7 @@ class RLTrainer:
             return {}
         self.model.train()
         loss = self._pretrain_loss()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.dist.backward(self.rl.pretrain_beta * loss)
-        norm = self._clip()
-        self.optimizer.step()
-        if self.ema:
-            self.ema.update(self.model.unet)
+        norm = self.optimiser_step(self.rl.pretrain_beta * loss, schedule=False)
         return {"loss_pre": loss.item(), "grad_norm_pre": norm}
 
     def iteration(self) -> list[dict]:
@@ -221,7 +222,7 @@ class RLTrainer:
                               "skipping its update", RuntimeWarning)
                 row["skipped"] = 1
             else:
-                row.update(self.train_task(traj, adv.advantages, adv.valid, step_scale=task.params.weight))
+                row.update(step_means(self.train_task(traj, adv.advantages, adv.valid, step_scale=task.params.weight)))
                 row["skipped"] = 0
             row["seconds"] = time.perf_counter() - task_began
             rows.append(row)
