@@ -14,9 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ParamsError(ValueError):
-    """A params file that cannot be used; the message names the file and the key."""
+from pipeline.errors import ParamsError, UnknownRewardOptionError
 
 
 class _Section(BaseModel):
@@ -261,7 +259,7 @@ def _reject_nan(node: Any, source: str, loc: tuple[Any, ...]) -> None:
 
 def check_consistency(params: Params, source: str) -> None:
     """Cross-key checks that pydantic field constraints cannot express."""
-    from pipeline.rewards.registry import UnknownRewardOptionError, check_reward_options, known_rewards
+    from pipeline.rewards.registry import check_reward_options, known_rewards
 
     known = known_rewards()
     for index, task in enumerate(params.rl.tasks):

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.errors import DataFileError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
@@ -52,10 +54,6 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-
-
-class DataFileError(ValueError):
-    """An input file that is missing, empty or malformed; the message names file and line."""
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:

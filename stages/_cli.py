@@ -6,7 +6,8 @@ import sys
 from typing import Callable
 
 import pipeline  # noqa: F401  (sets OMP_WAIT_POLICY and analytics defaults before torch loads)
-from pipeline.config import Params, ParamsError, load_params
+from pipeline.config import Params, load_params
+from pipeline.errors import ParamsError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, ValueError, KeyError)
 

@@ -26,7 +26,7 @@ def read_budget(path: str | Path, wall_time: bool = False) -> dict:
     budget, its seconds."""
     import json
 
-    from pipeline.io import DataFileError
+    from pipeline.errors import DataFileError
 
     path = Path(path)
     if not path.is_file():

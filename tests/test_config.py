@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ParamsError, load_params
+from pipeline.config import load_params
+from pipeline.errors import ParamsError
 from tests.conftest import SMOKE_PARAMS
 
 ROOT = Path(__file__).resolve().parent.parent

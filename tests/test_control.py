@@ -50,7 +50,7 @@ def test_wall_time_budget_stops_on_the_clock(smoke_workspace, tmp_path):
 
 
 def test_wall_time_budget_without_seconds_names_the_key(tmp_path):
-    from pipeline.io import DataFileError
+    from pipeline.errors import DataFileError
     from stages.control import read_budget
 
     path = tmp_path / "budget.json"

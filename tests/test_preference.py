@@ -10,7 +10,7 @@ import torch
 torch.set_num_threads(1)
 
 from pipeline.config import RewardModelParams, SamplingParams  # noqa: E402
-from pipeline.rewards.adapters import RewardLoadError  # noqa: E402
+from pipeline.errors import RewardLoadError  # noqa: E402
 from pipeline.rewards.preference import LearnedPreferenceReward, PreferenceModel, num_parameters  # noqa: E402
 from pipeline.rewards.preference_training import (  # noqa: E402
     build_preference_dataset,

@@ -6,12 +6,12 @@ import torch
 
 torch.set_num_threads(1)
 
+from pipeline.errors import RewardLoadError  # noqa: E402
 from pipeline.models.tokenizer import build_word_tokenizer  # noqa: E402
 from pipeline.rewards.adapters import (  # noqa: E402
     ClipParityReward,
     ClipPreferenceReward,
     OwlDetectionReward,
-    RewardLoadError,
     object_names,
 )
 from pipeline.rewards.registry import RewardContext, build_reward  # noqa: E402

@@ -7,11 +7,11 @@ import torch
 
 torch.set_num_threads(1)
 
+from pipeline.errors import UnknownRewardError  # noqa: E402
 from pipeline.rewards.composition import AreaReward, CompositionReward  # noqa: E402
 from pipeline.rewards.diversity import DiversityReward  # noqa: E402
 from pipeline.rewards.registry import (  # noqa: E402
     RewardContext,
-    UnknownRewardError,
     build_reward,
     known_rewards,
 )
@@ -63,7 +63,7 @@ def test_registry_builds_shapes_rewards():
 
 
 def test_reward_options_must_be_declared_in_the_registry():
-    from pipeline.rewards.registry import UnknownRewardOptionError
+    from pipeline.errors import UnknownRewardOptionError
 
     with pytest.raises(UnknownRewardOptionError, match=r"reward 'area' has no option 'gates'; its options are: gate"):
         build_reward("area", RewardContext(options={"gates": True}))

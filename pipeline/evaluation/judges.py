@@ -53,7 +53,7 @@ def panel_utility(panel: RaterPanel, images: np.ndarray, specs: Sequence[PromptS
 
 def load_learned_judge(folder: str | Path | None):
     """The learned preference reward from `folder`, or None (with a warning) when it is missing."""
-    from pipeline.rewards.adapters import RewardLoadError
+    from pipeline.errors import RewardLoadError
     from pipeline.rewards.registry import RewardContext, build_reward
 
     if folder is None or not Path(folder).exists():

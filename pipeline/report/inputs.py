@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.io import DataFileError
+from pipeline.errors import DataFileError
 from pipeline.keys import flatten
 
 EVAL_FILE = "eval.json"

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from pipeline.world.attributes import group_indices, statistical_parity
+from pipeline.errors import RewardLoadError
 from pipeline.rewards.registry import Reward, RewardContext, check_batch, numpy_images
 
 DEFAULT_CLIP_PREFERENCE = "yuvalkirstain/PickScore_v1"
@@ -32,10 +33,6 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_QUERY_TEMPLATE = "a photo of a {}"
 _ARTICLES = ("a", "an", "the")
 _JOINERS = (" next to ", " and ")
-
-
-class RewardLoadError(RuntimeError):
-    """A reward model that cannot be loaded; the message names the source and how to fix it."""
 
 
 def _load(loader: Callable[..., Any], source: str, what: str, **kwargs) -> Any:

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.errors import RewardLoadError
 from pipeline.io import atomic_path
-from pipeline.rewards.adapters import RewardLoadError
 from pipeline.rewards.registry import Reward, RewardContext, check_batch
 from pipeline.world.vocab import ARTICLE, CONJUNCTION, RELATIONS, vocabulary
 

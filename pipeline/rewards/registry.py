@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import UnknownRewardError, UnknownRewardOptionError
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -29,15 +31,6 @@ _REWARDS: dict[str, tuple[str, tuple[str, ...]]] = {
                     ("model", "processor", "batch_size", "classes", "template")),
     "null": ("pipeline.rewards.null:NullReward", ()),
 }
-
-
-class UnknownRewardError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class UnknownRewardOptionError(ValueError):
-    """A `reward_options` key the reward does not read."""
 
 
 @dataclass

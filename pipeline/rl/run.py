@@ -12,12 +12,11 @@ from tqdm.auto import tqdm
 
 from pipeline.checkpoints import load_latest, save_checkpoint
 from pipeline.config import Params
-from pipeline.errors import ModelLoadError
+from pipeline.errors import ModelLoadError, RewardLoadError
 from pipeline.io import read_jsonl
 from pipeline.models.base import Text2ImageModel
 from pipeline.pretraining import StreamBatches
 from pipeline.prompts import check_no_leak
-from pipeline.rewards.adapters import RewardLoadError
 from pipeline.rewards.registry import RewardContext, build_reward
 from pipeline.rl.distributed import Distributed
 from pipeline.rl.trainer import RLTrainer, TaskRuntime
