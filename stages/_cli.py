@@ -7,9 +7,10 @@ from typing import Callable
 
 import pipeline  # noqa: F401  (sets OMP_WAIT_POLICY and analytics defaults before torch loads)
 from pipeline.config import Params, load_params
-from pipeline.errors import ParamsError
+from pipeline.errors import InputError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, ValueError, KeyError)
+# The project's own input errors, and what the libraries raise for a missing file or a bad value.
+USER_ERRORS: tuple[type[BaseException], ...] = (InputError, FileNotFoundError, ValueError, KeyError)
 
 
 def parser(stage: str, description: str) -> argparse.ArgumentParser:
@@ -32,10 +33,8 @@ def run_main(stage: str, args: argparse.Namespace, body: Callable[[Params], None
 
     A user error becomes one line on stderr and exit code 2.
     """
-    from pipeline.errors import CheckpointError, ModelLoadError
-
     try:
         body(load(args))
-    except (*USER_ERRORS, ModelLoadError, CheckpointError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: stage {stage}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -363,3 +363,25 @@ def test_catalogue_is_large_and_covers_every_stage():
     assert len(CASES) >= 20
     assert len({c.id for c in CASES}) == len(CASES)
     assert set(STAGES) <= {c.stage for c in CASES}
+
+
+def test_every_project_error_is_an_input_error_that_a_stage_reports_in_one_line(capsys):
+    """pipeline/errors.py is the one home of the project's error types: each is an InputError (and
+    keeps the built-in base callers catch it by), so a stage turns any of them into exit code 2."""
+    import argparse
+    import inspect
+
+    from pipeline import errors
+    from stages._cli import run_main
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
+    assert len(classes) >= 8 and all(issubclass(c, errors.InputError) for c in classes)
+    assert issubclass(errors.ParamsError, ValueError) and issubclass(errors.UnknownRewardError, KeyError)
+
+    def body(params):
+        raise errors.RewardLoadError("cannot load the CLIP model 'x'")  # a RuntimeError, not caught before
+
+    with pytest.raises(SystemExit) as info:
+        run_main("finetune", argparse.Namespace(params=str(SMOKE_PARAMS)), body)
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "error: stage finetune: cannot load the CLIP model 'x'\n"
