@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Params
 from pipeline.io import read_jsonl
 from pipeline.models.base import Text2ImageModel
+from pipeline.params import Params
 from pipeline.sampling import sample_images
 
 EVAL_CORPORA = ("single", "composition", "diversity", "preference")

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import PROMPT_TASKS, PromptsParams
+from pipeline.config import PROMPT_TASKS
+from pipeline.params import PromptsParams
 from pipeline.world.captions import caption_for_spec
 from pipeline.world.scene import ObjectSpec, PromptSpec
 from pipeline.world.vocab import COLOURS, CONJUNCTION, RELATIONS, SHAPES, SIZES

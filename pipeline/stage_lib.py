@@ -6,11 +6,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from pipeline.config import Params
-from pipeline.evaluation.accuracy import spec_accuracy
-from pipeline.models.base import Text2ImageModel
 from pipeline.eval_sets import eval_rows, sample_rows
+from pipeline.evaluation.accuracy import spec_accuracy
 from pipeline.keys import params_hash
+from pipeline.models.base import Text2ImageModel
+from pipeline.params import Params
 from pipeline.world.scene import PromptSpec
 
 

@@ -6,8 +6,9 @@ import sys
 from typing import Callable
 
 import pipeline  # noqa: F401  (sets OMP_WAIT_POLICY and analytics defaults before torch loads)
-from pipeline.config import Params, load_params
+from pipeline.config import load_params
 from pipeline.errors import InputError
+from pipeline.params import Params
 
 # The project's own input errors, and what the libraries raise for a missing file or a bad value.
 USER_ERRORS: tuple[type[BaseException], ...] = (InputError, FileNotFoundError, ValueError, KeyError)

@@ -9,7 +9,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from pipeline.config import RewardModelParams, SamplingParams  # noqa: E402
+from pipeline.params import RewardModelParams, SamplingParams  # noqa: E402
 from pipeline.errors import RewardLoadError  # noqa: E402
 from pipeline.rewards.preference import LearnedPreferenceReward, PreferenceModel, num_parameters  # noqa: E402
 from pipeline.rewards.preference_training import (  # noqa: E402

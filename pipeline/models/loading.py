@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.config import Params
 from pipeline.errors import ModelLoadError
 from pipeline.models.base import Text2ImageModel
 from pipeline.models.tiny import MODEL_INDEX, TinyText2Image
+from pipeline.params import Params
 
 
 def new_tiny_model(params: Params) -> TinyText2Image:

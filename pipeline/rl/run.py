@@ -11,10 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.checkpoints import load_latest, save_checkpoint
-from pipeline.config import Params
 from pipeline.errors import ModelLoadError, RewardLoadError
 from pipeline.io import read_jsonl
 from pipeline.models.base import Text2ImageModel
+from pipeline.params import Params
 from pipeline.pretraining import StreamBatches
 from pipeline.prompts import check_no_leak
 from pipeline.rewards.registry import RewardContext, build_reward

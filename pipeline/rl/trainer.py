@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.config import RLParams, SamplingParams, TaskParams
 from pipeline.models.base import Text2ImageModel
+from pipeline.params import RLParams, SamplingParams, TaskParams
 from pipeline.pretraining import TRAIN_PASS_COST, ParameterEMA, pretraining_loss
 from pipeline.rewards.registry import Reward
 from pipeline.rl.advantages import compute_advantages

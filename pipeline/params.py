@@ -1,0 +1,182 @@
+"""The schema of params.yaml: one pydantic model per section, with its defaults and ranges.
+
+Unknown keys, wrong types and out-of-range values are rejected here; reading a file, the error
+messages and the checks across keys are pipeline/config.py.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class WorldParams(_Section):
+    resolution: int = Field(24, ge=16, le=64)
+    two_object_prob: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class PromptsParams(_Section):
+    train_per_task: int = Field(256, ge=1)
+    eval_per_task: int = Field(48, ge=1)
+    heldout_combos: list[tuple[str, str]] = Field(
+        default_factory=lambda: [("red", "triangle"), ("blue", "circle"), ("yellow", "square")]
+    )
+    # finetune re-checks that no eval prompt is among the train prompts of corpora the prompts stage
+    # split disjointly (see data/prompts/manifest.json). Corpora too small to split (diversity, single)
+    # are trained and evaluated on the same seen prompts by design; their unseen pairs stay held out.
+    require_disjoint: bool = True
+
+    @field_validator("heldout_combos")
+    @classmethod
+    def _known_combos(cls, combos: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        from pipeline.world.vocab import COLOURS, SHAPES
+
+        for colour, shape in combos:
+            if colour not in COLOURS or shape not in SHAPES:
+                raise ValueError(
+                    f"({colour!r}, {shape!r}) is not a colour-shape pair; "
+                    f"colours: {sorted(COLOURS)}, shapes: {list(SHAPES)}"
+                )
+        return combos
+
+
+class ModelParams(_Section):
+    kind: Literal["tiny", "stable_diffusion"] = "tiny"
+    pretrained: str | None = None  # hub id or local path (stable_diffusion)
+    channels: tuple[int, ...] = (16, 32, 64)
+    text_dim: int = Field(64, ge=8)
+    text_layers: int = Field(2, ge=1)
+    attention_heads: int = Field(4, ge=1)  # the tiny UNet's attention heads (its text encoder keeps 2)
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    resolution: int | None = Field(None, ge=8)  # Stable Diffusion image size in px; None = the UNet's own
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast (CUDA, or a CPU with AVX-512 BF16)
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _sd_needs_source(self) -> "ModelParams":
+        if self.kind == "stable_diffusion" and not self.pretrained:
+            raise ValueError("model.kind 'stable_diffusion' needs model.pretrained (a hub id or local path)")
+        if len(self.channels) != 3 or any(c % 8 for c in self.channels):
+            raise ValueError("model.channels must be 3 multiples of 8, e.g. [16, 32, 64]")
+        return self
+
+
+class PretrainParams(_Section):
+    steps: int = Field(2400, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    ema_decay: float = Field(0.995, ge=0.0, lt=1.0)
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(50, ge=1)
+
+
+class SamplingParams(_Section):
+    steps: int = Field(20, ge=2, le=1000)
+    guidance: float = Field(3.0, ge=1.0)
+    eta: float = Field(0.0, ge=0.0, le=1.0)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    diversity_seeds: int = Field(16, ge=2)  # samples per under-specified eval prompt
+    batch_size: int = Field(64, ge=1)  # samples per sampler call: eval, reward-model pairs, RL trajectories
+
+
+class TaskParams(_Section):
+    name: str
+    reward: str
+    prompts: str  # prompt corpus (task name in data/prompts)
+    samples_per_prompt: int = Field(8, ge=1)
+    prompts_per_iteration: int = Field(8, ge=1)
+    advantage: Literal["group", "batch"] = "group"
+    # Scales the size of this task's optimiser steps (the learning rate of its steps), so the task counts
+    # `weight` times in the joint update. Scaling its advantages instead would do almost nothing: each
+    # task takes its own AdamW steps, and Adam divides out a constant gradient scale.
+    weight: float = Field(1.0, gt=0.0)
+    reward_options: dict[str, Any] = Field(default_factory=dict)  # e.g. model, processor, classes
+    # Train prompts containing any of these words are left out of the task, e.g. [small] for a reward
+    # that grows objects (docs/experiments.md E19). Evaluation still scores the whole corpus.
+    exclude_words: list[str] = Field(default_factory=list)
+
+    @field_validator("exclude_words")
+    @classmethod
+    def _single_words(cls, words: list[str]) -> list[str]:
+        for word in words:
+            if not word.strip() or len(word.split()) != 1:
+                raise ValueError(f"each exclude word must be one non-empty word, got {word!r}")
+        return [word.strip().lower() for word in words]
+
+
+class RLParams(_Section):
+    iterations: int = Field(100, ge=1)
+    tasks: list[TaskParams] = Field(min_length=1)
+    lr: float = Field(5e-5, gt=0.0, le=1.0)
+    warmup_iterations: int = Field(10, ge=0)
+    weight_decay: float = Field(1e-2, ge=0.0)
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    adam_eps: float = Field(1e-8, gt=0.0)
+    clip_range: float = Field(1e-2, gt=0.0)
+    adv_clip: float = Field(10.0, gt=0.0)
+    inner_epochs: int = Field(1, ge=1)
+    optimizer_steps: int = Field(2, ge=1)  # gradient steps per task per iteration
+    train_timesteps: int = Field(6, ge=1)  # timesteps trained per trajectory per inner epoch
+    timestep_window: float = Field(0.6, gt=0.0, le=1.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    eta: float = Field(1.0, gt=0.0, le=1.0)
+    clamp_x0: bool = False
+    share_group_noise: bool = True
+    pretrain_beta: float = Field(0.02, ge=0.0)
+    pretrain_mode: Literal["separate", "joint"] = "separate"
+    pretrain_batch_size: int = Field(64, ge=1)
+    lora_rank: int = Field(0, ge=0)  # 0 = full fine-tune
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # 0 = no EMA
+    checkpoint_every: int = Field(5, ge=1)
+    max_minutes: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> "RLParams":
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rl.tasks names must be unique, got {names}")
+        return self
+
+
+class RewardModelParams(_Section):
+    pairs: int = Field(2000, ge=10)
+    raters: int = Field(5, ge=1)
+    rater_noise: float = Field(1.0, gt=0.0)
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(64, ge=1)
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class ControlParams(_Section):
+    budget: Literal["wall_time", "unet_passes"] = "unet_passes"
+    lr: float = Field(1e-4, gt=0.0)
+
+
+class EvaluateParams(_Section):
+    bootstrap: int = Field(1000, ge=10)
+    diversity_attribute: Literal["colour", "shape", "size"] = "colour"
+
+
+class Params(_Section):
+    seed: int = 0
+    threads: int = Field(1, ge=1, le=64)
+    device: str = "cpu"
+    world: WorldParams = WorldParams()
+    prompts: PromptsParams = PromptsParams()
+    model: ModelParams = ModelParams()
+    pretrain: PretrainParams = PretrainParams()
+    sampling: SamplingParams = SamplingParams()
+    rl: RLParams
+    reward_model: RewardModelParams = RewardModelParams()
+    control: ControlParams = ControlParams()
+    evaluate: EvaluateParams = EvaluateParams()
