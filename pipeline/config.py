@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from pipeline.corpora import CORPORA
 from pipeline.errors import ParamsError, UnknownRewardOptionError
 from pipeline.params import Params
 
@@ -100,9 +101,9 @@ def check_consistency(params: Params, source: str) -> None:
             check_reward_options(task.reward, task.reward_options)
         except UnknownRewardOptionError as exc:
             raise ParamsError(f"{source}: 'rl.tasks[{index}].reward_options': {exc}") from None
-        if task.prompts not in PROMPT_TASKS:
+        if task.prompts not in CORPORA:
             raise ParamsError(
-                f"{source}: 'rl.tasks[{index}].prompts' is {task.prompts!r}; known corpora: {', '.join(PROMPT_TASKS)}"
+                f"{source}: 'rl.tasks[{index}].prompts' is {task.prompts!r}; known corpora: {', '.join(CORPORA)}"
             )
         if task.advantage == "group" and task.samples_per_prompt < 2:
             raise ParamsError(
@@ -123,9 +124,6 @@ def check_consistency(params: Params, source: str) -> None:
                           "'stable_diffusion' set rl.pretrain_beta: 0")
     if params.model.kind == "tiny" and params.world.resolution % 4:
         raise ParamsError(f"{source}: 'world.resolution' must be a multiple of 4 for the tiny model")
-
-
-PROMPT_TASKS = ("preference", "composition", "diversity", "single")
 
 
 def load_params(path: str | Path) -> Params:

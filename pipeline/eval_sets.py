@@ -10,12 +10,11 @@ from pathlib import Path
 
 import torch
 
+from pipeline.corpora import DIVERSITY, EVAL_CORPORA
 from pipeline.io import read_jsonl
 from pipeline.models.base import Text2ImageModel
 from pipeline.params import Params
 from pipeline.sampling import sample_images
-
-EVAL_CORPORA = ("single", "composition", "diversity", "preference")
 
 
 def noise_seed(prompt: str, seed: int) -> int:
@@ -27,7 +26,7 @@ def eval_rows(prompts_dir: str | Path, params: Params, tasks: tuple[str, ...] = 
     rows = []
     for task in tasks:
         records = read_jsonl(Path(prompts_dir) / f"{task}.eval.jsonl", required=("prompt", "spec"))
-        seeds = range(params.sampling.diversity_seeds) if task == "diversity" else params.sampling.seeds
+        seeds = range(params.sampling.diversity_seeds) if task == DIVERSITY else params.sampling.seeds
         for index, record in enumerate(records):
             for seed in seeds:
                 rows.append({"task": task, "prompt": record["prompt"], "spec": record["spec"],

@@ -1,9 +1,8 @@
-"""Prompt corpora per task with train/eval splits and held-out colour-shape combinations.
+"""The prompts of each corpus (pipeline/corpora.py) with train/eval splits and held-out colour-shape
+combinations.
 
-Corpora: `single` (one object), `composition` (two objects in a spatial relation), `diversity`
-(under-specified: "a circle", "a red shape") and `preference` (any caption). Prompts naming a
-held-out colour-shape pair go to eval only and are marked `unseen`, as the paper holds out
-objects. Small corpora cannot spare disjoint eval prompts; their manifest entry says so.
+Prompts naming a held-out colour-shape pair go to eval only and are marked `unseen`, as the paper
+holds out objects. Small corpora cannot spare disjoint eval prompts; their manifest entry says so.
 """
 from __future__ import annotations
 
@@ -12,14 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import PROMPT_TASKS
+from pipeline.corpora import COMPOSITION, CORPORA, DIVERSITY, PREFERENCE, SINGLE
 from pipeline.params import PromptsParams
 from pipeline.world.captions import caption_for_spec
 from pipeline.world.scene import ObjectSpec, PromptSpec
 from pipeline.world.vocab import COLOURS, CONJUNCTION, RELATIONS, SHAPES, SIZES
 
 RECORD_KEYS = ("prompt", "task", "spec", "unseen")
-CORPORA = PROMPT_TASKS
 
 
 def _objects() -> list[ObjectSpec]:
@@ -28,16 +26,16 @@ def _objects() -> list[ObjectSpec]:
 
 def enumerate_specs(task: str) -> list[PromptSpec]:
     """Every distinct prompt spec of a task, in a fixed order."""
-    if task == "single":
+    if task == SINGLE:
         return [PromptSpec((ObjectSpec(o.colour, o.shape, size),)) for o in _objects() for size in (None, *SIZES)]
-    if task == "composition":
+    if task == COMPOSITION:
         return [PromptSpec((a, b), r) for a, b in itertools.permutations(_objects(), 2) for r in RELATIONS]
-    if task == "diversity":
+    if task == DIVERSITY:
         return [PromptSpec((ObjectSpec(shape=s),)) for s in SHAPES] + \
                [PromptSpec((ObjectSpec(colour=c),)) for c in COLOURS]
-    if task == "preference":
+    if task == PREFERENCE:
         pairs = [PromptSpec((a, b), CONJUNCTION) for a, b in itertools.permutations(_objects(), 2)]
-        return enumerate_specs("single") + pairs + enumerate_specs("diversity")
+        return enumerate_specs(SINGLE) + pairs + enumerate_specs(DIVERSITY)
     raise ValueError(f"unknown prompt task {task!r}; known: {', '.join(CORPORA)}")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.corpora import SPECIFIED_CORPORA
 from pipeline.eval_sets import eval_rows, sample_rows
 from pipeline.evaluation.accuracy import spec_accuracy
 from pipeline.keys import params_hash
@@ -27,7 +28,7 @@ def run_key(name: str, params: Params, *parts) -> str:
 def evaluate_accuracy(model: Text2ImageModel, prompts_dir: str | Path, params: Params,
                       progress: bool = True) -> dict[str, float]:
     """Detector accuracy on the single and composition eval prompts x `sampling.seeds`."""
-    rows = eval_rows(prompts_dir, params, tasks=("single", "composition"))
+    rows = eval_rows(prompts_dir, params, tasks=SPECIFIED_CORPORA)
     images = sample_rows(model, rows, params, progress=progress)
     return spec_accuracy(images.numpy(), [PromptSpec.from_dict(r["spec"]) for r in rows])
 

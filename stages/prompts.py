@@ -13,7 +13,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def body(params) -> None:
         from pipeline.io import atomic_path, write_json, write_jsonl
-        from pipeline.prompts import CORPORA, build_corpus, check_no_leak
+        from pipeline.corpora import CORPORA
+        from pipeline.prompts import build_corpus, check_no_leak
 
         with atomic_path(Path(args.out), directory=True) as out:
             manifest = {}

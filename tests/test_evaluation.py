@@ -24,7 +24,8 @@ DIVERSITY_SEEDS = 4
 def eval_rows(params) -> list[dict]:
     """The stage's eval rows for the smoke corpora, with 2 seeds (4 for diversity prompts)."""
     from pipeline.prompts import build_corpus
-    from pipeline.eval_sets import EVAL_CORPORA, noise_seed
+    from pipeline.corpora import EVAL_CORPORA
+    from pipeline.eval_sets import noise_seed
 
     rows = []
     for task in EVAL_CORPORA:

@@ -62,6 +62,17 @@ def test_registry_builds_shapes_rewards():
     assert build_reward("diversity", RewardContext(options={"attribute": "shape"})).attribute == "shape"
 
 
+def test_every_registered_reward_is_meant_for_a_known_corpus():
+    import importlib
+
+    from pipeline.corpora import CORPORA
+    from pipeline.rewards.registry import _REWARDS
+
+    for name, (path, _) in _REWARDS.items():
+        module, cls = path.split(":")
+        assert getattr(importlib.import_module(module), cls).task in CORPORA, name
+
+
 def test_reward_options_must_be_declared_in_the_registry():
     from pipeline.errors import UnknownRewardOptionError
 

@@ -17,19 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.corpora import DIVERSITY, SPECIFIED_CORPORA
 from pipeline.evaluation import judges
-from pipeline.evaluation.task_rewards import add_task_rewards
 from pipeline.evaluation.accuracy import ERROR_KINDS, composition_scores
 from pipeline.evaluation.metrics import (attribute_balance, bootstrap_mean,
                                          mean_pairwise_distance, stable_seed, win_outcomes, win_rate)
+from pipeline.evaluation.task_rewards import add_task_rewards
 from pipeline.io import write_json, write_text
 from pipeline.samples import Aligned
 from pipeline.world.attributes import open_attribute, read_attribute, spec_of
 from pipeline.world.vocab import SIZES
 
 COMPARISONS = (("rl", "base"), ("control", "base"), ("rl", "control"))
-COMPOSITION_TASKS = ("single", "composition")
-DIVERSITY_TASK = "diversity"
 WIN_COLUMNS = ("comparison", "task", "win_rate", "ci_low", "ci_high", "judge")
 COMPOSITION_COLUMNS = ("model", "split", "exact", "claim_score", "ci_low", "ci_high")
 # (key split, object-count prefix) -> composition.csv split name; ci_low/ci_high are exact's interval.
@@ -106,7 +105,7 @@ def add_win_rates(ev: Evaluation, data: Aligned, panel, learned) -> None:
 
 def add_composition(ev: Evaluation, data: Aligned) -> None:
     """Exact accuracy and claim score per model, overall / seen / unseen, single- and two-object."""
-    data = data.where_task(*COMPOSITION_TASKS)
+    data = data.where_task(*SPECIFIED_CORPORA)
     if not data.rows:
         return
     specs = prompt_specs(data)
@@ -173,7 +172,7 @@ def add_single_object_diagnosis(ev: Evaluation, prefix: str, scores: dict, data:
 
 def add_diversity(ev: Evaluation, data: Aligned) -> None:
     """Per under-specified prompt: parity and entropy of the detected attribute, pairwise image distance."""
-    data = data.where_task(DIVERSITY_TASK)
+    data = data.where_task(DIVERSITY)
     if not data.rows:
         return
     preferred = ev.params.evaluate.diversity_attribute

@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.corpora import DIVERSITY
 from pipeline.io import atomic_path
 from pipeline.report import figures, tables
 from pipeline.report.document import Code, Document, Figure, Heading, Table, Text, to_html, to_markdown
 from pipeline.report.inputs import read_curves, read_metrics
 
 GRID_COLUMNS = 8
-SEEDS_PER_PROMPT = {"diversity": 4}  # grids show several seeds of under-specified prompts, one elsewhere
+SEEDS_PER_PROMPT = {DIVERSITY: 4}  # grids show several seeds of under-specified prompts, one elsewhere
 
 
 @dataclass
