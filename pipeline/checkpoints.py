@@ -1,10 +1,12 @@
 """Training checkpoints: everything needed to resume bitwise (weights, optimiser, EMA, RNG states).
 
-Written atomically under a folder that DVC does not delete between runs; the newest readable one
-wins, and a corrupt newest one fails with a clear error rather than silently restarting.
+Written atomically under a folder that DVC does not delete between runs, named by a run key
+(`run_key`) that covers everything that shapes the run; the newest readable one wins, and a
+corrupt newest one fails with a clear error rather than silently restarting.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from pathlib import Path
@@ -12,11 +14,38 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
 from pipeline.errors import CheckpointError
 from pipeline.io import atomic_path
+from pipeline.keys import params_hash
+from pipeline.params import Params
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+def run_key(name: str, params: Params, *parts) -> str:
+    """A checkpoint folder name that changes whenever anything that shapes the run changes: the seed,
+    device and thread count (CPU kernels reduce in a thread-dependent order) and `parts`, which must
+    name every params section and input folder fingerprint the run reads. A checkpoint of another
+    run must never be resumed."""
+    parts = (params.seed, params.device, params.threads, *parts)
+    dumped = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    return f"{name}-{params_hash(dumped)[:12]}"
+
+
+def folder_fingerprint(source: str | Path, max_bytes: int = 200_000_000) -> str:
+    """Content hash of a model folder (names and sizes only past `max_bytes`); the text itself for a hub id."""
+    path = Path(source)
+    if not path.is_dir():
+        return str(source)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    small = sum(p.stat().st_size for p in files) <= max_bytes
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes() if small else str(file.stat().st_size).encode())
+    return digest.hexdigest()[:16]
 
 
 def rng_state() -> dict[str, Any]:

@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body(params) -> None:
+        from pipeline.checkpoints import folder_fingerprint, run_key
         from pipeline.io import atomic_path, write_json
         from pipeline.models.loading import load_model
         from pipeline.pretraining import TRAIN_PASS_COST, pretrain
-        from pipeline.stage_lib import folder_fingerprint, run_key
         from pipeline.tracking import StageRun
         from pipeline.world.stream import SceneStream
 

@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     def body(params) -> None:
         import pandas as pd
 
+        from pipeline.checkpoints import folder_fingerprint, run_key
         from pipeline.io import atomic_path, write_json, write_text
         from pipeline.models.loading import load_model
         from pipeline.rl.distributed import setup_distributed
         from pipeline.rl.run import build_tasks, build_trainer, summarise, train
-        from pipeline.stage_lib import folder_fingerprint, run_key
         from pipeline.tracking import StageRun
 
         tasks = build_tasks(params, args.prompts, args.reward_model)

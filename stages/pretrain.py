@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body(params) -> None:
+        from pipeline.checkpoints import run_key
         from pipeline.io import atomic_path, write_json
-        from pipeline.stage_lib import evaluate_accuracy, run_key
         from pipeline.models.loading import new_tiny_model
         from pipeline.pretraining import pretrain
+        from pipeline.stage_lib import evaluate_accuracy
         from pipeline.tracking import StageRun
         from pipeline.world.stream import SceneStream
 

@@ -210,7 +210,7 @@ def _hub_id_offline(env: Env) -> None:
 
 def _corrupt_checkpoint(env: Env) -> None:
     from pipeline.config import load_params
-    from pipeline.stage_lib import run_key
+    from pipeline.checkpoints import run_key
 
     params = load_params(env.params)
     key = run_key("pretrain", params, params.world, params.model, params.pretrain)  # as stages/pretrain.py
