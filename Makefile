@@ -20,7 +20,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 venv: $(STAMP)
 
-# torch==2.13.0 (the CPU wheel on local disk) is in the same pip command as the rest (STACK.md).
+# torch==2.13.0 (the CPU wheel on local disk) is in the same pip command as the rest (docs/design.md,
+# "The machine and the libraries").
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 -e .

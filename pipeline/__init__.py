@@ -1,7 +1,7 @@
 """RL fine-tuning pipeline for text-to-image diffusion models.
 
 Environment defaults are set here, before torch is imported anywhere, because OpenMP's
-active spin-wait stalls training on this 2-core machine (STACK.md) and the network is closed
+active spin-wait stalls training on this 2-core machine (docs/design.md) and the network is closed
 (analytics would hang or spam errors).
 """
 import os

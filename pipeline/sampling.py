@@ -4,7 +4,7 @@ with the trainer.
 `ddim_transition` is the only place a DDIM step is computed: the sampler calls it with fresh
 noise, the trainer calls it with the recorded action to get the log-prob under new weights, so a
 recomputed log-prob equals the recorded one (a mismatch here made 91% of on-policy steps fall
-outside the trust region in the prototype, STACK.md).
+outside the trust region in the prototype: docs/method.md).
 """
 from __future__ import annotations
 

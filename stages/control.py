@@ -1,9 +1,10 @@
 """Stage `control`: the compute-matched control — the base pretrained on for the budget RL used.
 
-On an under-trained base, plain pretraining improves the same metrics RL does (STACK.md), so every
-RL gain is reported beside this model. Budget `unet_passes` (default, deterministic) converts the
-UNet forward-equivalents `finetune` spent into pretraining steps; `wall_time` trains for the same
-seconds, and at most those steps (whichever ends first: the learning-rate schedule spans them).
+On an under-trained base, plain pretraining improves the same metrics RL does (docs/experiments.md
+E2), so every RL gain is reported beside this model (docs/design.md, "Contracts"). Budget
+`unet_passes` (default, deterministic) converts the UNet forward-equivalents `finetune` spent into
+pretraining steps; `wall_time` trains for the same seconds, and at most those steps (whichever ends
+first: the learning-rate schedule spans them).
 """
 from __future__ import annotations
 

@@ -141,8 +141,8 @@ def add_composition(ev: Evaluation, data: Aligned) -> None:
 def add_paired_differences(ev: Evaluation, by_model: dict, data: Aligned, two: np.ndarray, splits: dict) -> None:
     """RL minus base and RL minus control in exact accuracy and claim score, paired image by image
     (same prompt and seed), overall / seen / unseen, with the prompt-level bootstrap: the interval
-    the issue's "RL above the control" asks for. RL's composition gain can sit on the seen
-    colour-shape pairs alone (docs/experiments.md E18), hence the splits."""
+    that says whether RL is above the compute-matched control. RL's composition gain can sit on the
+    seen colour-shape pairs alone (docs/experiments.md E18), hence the splits."""
     for other in ("base", "control"):
         if "rl" not in by_model or other not in by_model:
             continue

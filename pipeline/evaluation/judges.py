@@ -1,8 +1,8 @@
-"""The two judges of evaluation (DESIGN.md "Judge"): the held-out rater panel and the learned reward model.
+"""The two judges of evaluation (docs/design.md, "Contracts"): the rater panel and the learned reward model.
 
 The judging panel is the hidden preference itself: the same raters (`panel.PANEL_SEED`) whose
-noisy choices labelled the reward model's training pairs (DESIGN.md: "the hidden preference that
-produced the reward model's training pairs, with rater noise"). Only its choice draws are fresh:
+noisy choices labelled the reward model's training pairs, with the same rater noise. Only its
+choice draws are fresh:
 they are seeded with `judge_seed(params.seed)`, distinct from the label draws'
 (`panel.label_seed(params.seed)`), plus the comparison's index. The panel's win rate
 is a noisy rater's, as a human evaluation would be; the over-optimisation gap instead compares the

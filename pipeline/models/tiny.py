@@ -2,7 +2,7 @@
 
 Real diffusers/transformers classes built from small configs: a `UNet2DConditionModel` with
 cross-attention only at the lowest resolution and in the mid block (attention at 12x12 or more
-doubled the step time, STACK.md), a 2-layer `CLIPTextModel` over a word-level tokenizer, and a
+doubled the step time, docs/design.md), a 2-layer `CLIPTextModel` over a word-level tokenizer, and a
 `DDIMScheduler`. The pooled caption embedding is added to the time embedding
 (`class_embed_type="projection"`) and travels as token 0 of the conditioning tensor.
 """
@@ -78,7 +78,7 @@ class TinyText2Image(Text2ImageModel):
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.vae = None
-        self.unet.set_attn_processor(AttnProcessor())  # faster than SDPA on these sizes (STACK.md)
+        self.unet.set_attn_processor(AttnProcessor())  # faster than SDPA at these sizes (docs/design.md)
 
     @classmethod
     def from_config(cls, *, words: list[str], resolution: int = 24, channels=(16, 32, 64), text_dim: int = 64,

@@ -1,4 +1,4 @@
-"""Reward -> advantage normalisation (PAPER.md, "The update").
+"""Reward -> advantage normalisation (docs/method.md: the paper's advantages, and why groups).
 
 Two modes:
 

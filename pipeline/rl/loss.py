@@ -1,4 +1,4 @@
-"""Policy-gradient losses (PAPER.md, "The update", Eq. 7; DDPO's implementation)."""
+"""The policy-gradient loss: the paper's clipped surrogate (its Eq. 7), as DDPO implements it (docs/method.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -13,7 +13,7 @@ A clean render of the prompt scores ~1 on all of them, so the panel's choices ar
 visible defects and by what the prompt asks for.
 
 The panel labels the reward model's training pairs and, with the same seed, judges evaluation
-win rates (DESIGN.md "Judge"): the learned reward model only ever sees its labels.
+win rates (docs/design.md, "Contracts"): the learned reward model only ever sees its labels.
 """
 from __future__ import annotations
 
