@@ -118,6 +118,10 @@ def check_consistency(params: Params, source: str) -> None:
                 f"divisible by 'rl.optimizer_steps' ({params.rl.optimizer_steps}): one equal minibatch per "
                 "gradient step"
             )
+    if params.rl.share_group_noise and params.rl.eta == 0:
+        raise ParamsError(f"{source}: 'rl.share_group_noise' is true but 'rl.eta' is 0: deterministic rollouts from "
+                          "one shared start are identical, so every group advantage would be 0; set "
+                          "rl.share_group_noise: false")
     if params.model.kind == "stable_diffusion" and params.rl.pretrain_beta > 0:
         raise ParamsError(f"{source}: 'rl.pretrain_beta' is {params.rl.pretrain_beta} but L_pre needs an image-caption "
                           "stream, and only the tiny model has one (the shapes world); with model.kind "

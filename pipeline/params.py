@@ -5,6 +5,7 @@ messages and the checks across keys are pipeline/config.py.
 """
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,9 +15,46 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class StreamParams(_Section):
+    """How web-like the pretraining stream is (`pipeline.world.realism`); all zero is the clean world."""
+
+    defect_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of images with one defect
+    defect_kinds: dict[str, float] = Field(  # relative weights of the defect kinds
+        default_factory=lambda: {"blur": 1.0, "stray": 1.0, "faded": 1.0, "cropped": 1.0, "tiny": 1.0})
+    wrong_relation: float = Field(0.0, ge=0.0, le=1.0)  # captions whose spatial relation is wrong
+    wrong_colour: float = Field(0.0, ge=0.0, le=1.0)  # captions with one wrong colour word
+    dropped_attribute: float = Field(0.0, ge=0.0, le=1.0)  # captions missing one named attribute
+    bias_colour: str | None = None  # the colour an unnamed colour mostly is ...
+    bias_share: float = Field(0.25, ge=0.0, le=1.0)  # ... and how often
+
+    @field_validator("defect_kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: dict[str, float]) -> dict[str, float]:
+        from pipeline.world.vocab import DEFECT_KINDS
+
+        unknown = sorted(set(kinds) - set(DEFECT_KINDS))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], DEFECT_KINDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown defect kind {unknown[0]!r}{hint}; known: {', '.join(DEFECT_KINDS)}")
+        if any(w < 0 for w in kinds.values()) or sum(kinds.values()) <= 0:
+            raise ValueError(f"defect kind weights must be >= 0 with a positive sum, got {kinds}")
+        return kinds
+
+    @field_validator("bias_colour")
+    @classmethod
+    def _known_colour(cls, colour: str | None) -> str | None:
+        from pipeline.world.vocab import COLOURS
+
+        if colour is not None and colour not in COLOURS:
+            raise ValueError(f"expected one of {', '.join(COLOURS)} or null, got {colour!r}")
+        return colour
+
+
 class WorldParams(_Section):
     resolution: int = Field(24, ge=16, le=64)
     two_object_prob: float = Field(0.5, ge=0.0, le=1.0)
+    stream: StreamParams = StreamParams()
 
 
 class PromptsParams(_Section):
@@ -113,6 +151,14 @@ class TaskParams(_Section):
 
 
 class RLParams(_Section):
+    # "ppo": the paper's clipped policy gradient over the denoising MDP; "nft": the diffusion loss on
+    # the policy's own samples split by advantage (pipeline/rl/nft.py, docs/method.md "Estimators").
+    algorithm: Literal["ppo", "nft"] = "ppo"
+    nft_beta: float = Field(1.0, gt=0.0)  # nft: how far the implicit policies move per unit of loss
+    nft_adv_scale: float = Field(2.0, gt=0.0)  # nft: |advantage| at which r reaches 0 or 1
+    nft_t_min: float = Field(0.0, ge=0.0, lt=1.0)  # nft: train timesteps from t_min * T up
+    rollout_steps: int | None = Field(None, ge=2, le=1000)  # RL rollouts' DDIM steps; None = sampling.steps
+    rollout_guidance: float | None = Field(None, ge=1.0)  # RL rollouts' guidance; None = sampling.guidance
     iterations: int = Field(100, ge=1)
     tasks: list[TaskParams] = Field(min_length=1)
     lr: float = Field(5e-5, gt=0.0, le=1.0)
@@ -128,7 +174,7 @@ class RLParams(_Section):
     train_timesteps: int = Field(6, ge=1)  # timesteps trained per trajectory per inner epoch
     timestep_window: float = Field(0.6, gt=0.0, le=1.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
-    eta: float = Field(1.0, gt=0.0, le=1.0)
+    eta: float = Field(1.0, ge=0.0, le=1.0)  # rollouts' DDIM eta; ppo needs > 0 (a log-prob per step)
     clamp_x0: bool = False
     share_group_noise: bool = True
     pretrain_beta: float = Field(0.02, ge=0.0)
@@ -140,6 +186,13 @@ class RLParams(_Section):
     max_minutes: float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
+    def _ppo_needs_noise(self) -> "RLParams":
+        if self.algorithm == "ppo" and self.eta == 0:
+            raise ValueError("rl.eta is 0 but rl.algorithm 'ppo' needs stochastic steps (eta > 0) to have "
+                             "log-probabilities; use eta > 0 or algorithm 'nft'")
+        return self
+
+    @model_validator(mode="after")
     def _unique_tasks(self) -> "RLParams":
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
@@ -149,12 +202,32 @@ class RLParams(_Section):
 
 class RewardModelParams(_Section):
     pairs: int = Field(2000, ge=10)
+    # Where the pairs come from (preference_data.py): base samples of one prompt ("group"), stream renders
+    # of one prompt with the stream's defects ("stream"), a render against another prompt's ("mismatch").
+    sources: dict[str, float] = Field(default_factory=lambda: {"group": 1.0})
+    group_size: int = Field(2, ge=2)  # base samples per prompt; every pair within a group is used
+    votes: int = Field(1, ge=1)  # raters' votes per training pair (the model fits their share)
+    channels: tuple[int, int, int] = (16, 32, 64)  # the preference model's conv widths
     raters: int = Field(5, ge=1)
     rater_noise: float = Field(1.0, gt=0.0)
     epochs: int = Field(20, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(64, ge=1)
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, sources: dict[str, float]) -> dict[str, float]:
+        known = ("group", "stream", "mismatch")
+        unknown = sorted(set(sources) - set(known))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown pair source {unknown[0]!r}{hint}; known: {', '.join(known)}")
+        if any(v < 0 for v in sources.values()) or sum(sources.values()) <= 0:
+            raise ValueError(f"source shares must be >= 0 with a positive sum, got {sources}")
+        return sources
 
 
 class ControlParams(_Section):

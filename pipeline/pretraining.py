@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from pipeline.checkpoints import load_latest, restore_rng_state, rng_state, save_checkpoint
 from pipeline.models.base import Text2ImageModel
+from pipeline.world.realism import Realism
 from pipeline.world.stream import SceneStream
 
 TRAIN_PASS_COST = 3  # a forward+backward UNet pass costs ~3 forward passes (compute budget unit)
@@ -24,6 +25,11 @@ TRAIN_PASS_COST = 3  # a forward+backward UNet pass costs ~3 forward passes (com
 def diffusion_loss(model_output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Pretraining objective L_pre: mean squared error between predicted and true noise."""
     return F.mse_loss(model_output.float(), target.float())
+
+
+def scene_stream(world, seed: int) -> SceneStream:
+    """The pretraining stream of a WorldParams (web-like when `world.stream` says so)."""
+    return SceneStream(seed, world.resolution, world.two_object_prob, realism=Realism.from_params(world.stream))
 
 
 def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -59,9 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.checkpoints import folder_fingerprint, run_key
         from pipeline.io import atomic_path, write_json
         from pipeline.models.loading import load_model
-        from pipeline.pretraining import TRAIN_PASS_COST, pretrain
+        from pipeline.pretraining import TRAIN_PASS_COST, pretrain, scene_stream
         from pipeline.tracking import StageRun
-        from pipeline.world.stream import SceneStream
 
         wall = params.control.budget == "wall_time"
         budget = read_budget(args.budget, wall_time=wall)
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         key = run_key("control", params, params.control, pt, params.world, params.model,
                       budget if wall else budget["unet_passes"], folder_fingerprint(args.base))
         model = load_model(args.base, params)
-        stream = SceneStream(params.seed + CONTROL_STREAM_OFFSET, params.world.resolution, params.world.two_object_prob)
+        stream = scene_stream(params.world, params.seed + CONTROL_STREAM_OFFSET)
         with StageRun("control", params.model_dump(mode="json")) as run:
             result = pretrain(model, stream, steps=steps, batch_size=pt.batch_size, lr=params.control.lr,
                               warmup_steps=0, weight_decay=pt.weight_decay, ema_decay=pt.ema_decay,

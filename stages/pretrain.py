@@ -23,10 +23,9 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.checkpoints import run_key
         from pipeline.io import atomic_path, write_json
         from pipeline.models.loading import new_tiny_model
-        from pipeline.pretraining import pretrain
+        from pipeline.pretraining import pretrain, scene_stream
         from pipeline.stage_lib import evaluate_accuracy
         from pipeline.tracking import StageRun
-        from pipeline.world.stream import SceneStream
 
         if params.model.kind == "stable_diffusion":  # the base is the configured hub id or folder
             from pipeline.models.stable_diffusion import write_base_pointer
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         key = run_key("pretrain", params, params.world, params.model, pt)
         with StageRun("pretrain", params.model_dump(mode="json")) as run:
             model = new_tiny_model(params)
-            stream = SceneStream(params.seed, params.world.resolution, params.world.two_object_prob)
+            stream = scene_stream(params.world, params.seed)
             result = pretrain(model, stream, steps=pt.steps, batch_size=pt.batch_size, lr=pt.lr,
                               warmup_steps=pt.warmup_steps, weight_decay=pt.weight_decay, ema_decay=pt.ema_decay,
                               caption_dropout=pt.caption_dropout, seed=params.seed,

@@ -26,11 +26,11 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.rewards.preference_training import fit_reward_model
         from pipeline.tracking import StageRun
 
-        prompts = [r["prompt"] for r in read_jsonl(Path(args.prompts) / "preference.train.jsonl", required=("prompt",))]
+        records = read_jsonl(Path(args.prompts) / "preference.train.jsonl", required=("prompt",))
         model = load_model(args.base, params)
         with StageRun("reward_model", params.model_dump(mode="json")) as run:
-            reward, metrics = fit_reward_model(model, prompts, params.reward_model, params.sampling, params.seed,
-                                               device=params.device, progress=not args.no_progress)
+            reward, metrics = fit_reward_model(model, records, params.reward_model, params.sampling, params.world,
+                                               params.seed, device=params.device, progress=not args.no_progress)
             with atomic_path(Path(args.out), directory=True) as tmp:
                 reward.save_pretrained(tmp)
             flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -9,11 +9,17 @@ import torch
 
 torch.set_num_threads(1)
 
-from pipeline.params import RewardModelParams, SamplingParams  # noqa: E402
+from pipeline.params import RewardModelParams, SamplingParams, WorldParams  # noqa: E402
 from pipeline.errors import RewardLoadError  # noqa: E402
 from pipeline.rewards.preference import LearnedPreferenceReward, PreferenceModel, num_parameters  # noqa: E402
+from pipeline.rewards.preference_data import (  # noqa: E402
+    build_pairs,
+    render_pairs,
+    sample_group_pairs,
+    source_counts,
+    vote,
+)
 from pipeline.rewards.preference_training import (  # noqa: E402
-    build_preference_dataset,
     fit_reward_model,
     mirror_prompt,
     pair_accuracy,
@@ -25,6 +31,7 @@ from pipeline.rewards.preference_training import (  # noqa: E402
 from pipeline.rewards.registry import RewardContext, build_reward  # noqa: E402
 from pipeline.world.captions import caption_for_spec  # noqa: E402
 from pipeline.world.panel import PANEL_SEED, RaterPanel, label_seed, make_panel  # noqa: E402
+from pipeline.world.realism import Realism  # noqa: E402
 from pipeline.world.render import render  # noqa: E402
 from pipeline.world.scene import Scene, ShapeObject, sample_scene, sample_spec  # noqa: E402
 from pipeline.world.vocab import COLOURS  # noqa: E402
@@ -144,32 +151,57 @@ def test_bradley_terry_pieces():
 
 def test_fit_reward_model_on_a_tiny_diffusion_model(tiny_model_factory):
     model = tiny_model_factory()
-    prompts = ["a red circle", "a blue square and a green triangle", "a circle"]
-    dataset = build_preference_dataset(model, prompts, pairs=4, seed=0, steps=2, guidance=2.0, batch_size=8)
-    assert dataset["images_a"].shape == (4, RES, RES, 3) and dataset["images_a"].dtype == torch.uint8
-    assert set(dataset["prompts"]) <= set(prompts) and len(dataset["prompts"]) == 4
-    assert not set(dataset["seeds_a"]) & set(dataset["seeds_b"])
-    again = build_preference_dataset(model, prompts, pairs=4, seed=0, steps=2, guidance=2.0, batch_size=8)
-    assert torch.equal(again["images_b"], dataset["images_b"])
+    records = [{"prompt": p} for p in ("a red circle", "a blue square and a green triangle", "a circle")]
+    realism = Realism(defect_rate=0.5)
+    group = sample_group_pairs(model, records, 7, 3, seed=0, steps=2, guidance=2.0, batch_size=8)
+    assert group["images_a"].shape == (7, RES, RES, 3) and group["images_a"].dtype == torch.uint8
+    assert set(group["prompts"]) <= {r["prompt"] for r in records} and len(group["prompts"]) == 7
+    # groups of 3 samples of one prompt give 3 pairs each: pairs 0-2 share a prompt, as do 3-5
+    assert len(set(group["prompts"][:3])) == 1 and len(set(group["prompts"][3:6])) == 1
+    again = sample_group_pairs(model, records, 7, 3, seed=0, steps=2, guidance=2.0, batch_size=8)
+    assert torch.equal(again["images_b"], group["images_b"])
+    assert source_counts(10, {"group": 0.3, "stream": 0.5, "mismatch": 0.2}) == {"group": 3, "stream": 5,
+                                                                                "mismatch": 2}
+    assert sum(source_counts(7, {"group": 1, "stream": 1, "mismatch": 1}).values()) == 7
 
-    params = RewardModelParams(pairs=10, raters=3, epochs=1, batch_size=8, holdout_fraction=0.3)
-    reward_model, metrics = fit_reward_model(model, prompts, params, SamplingParams(steps=2, guidance=2.0), seed=0)
-    assert isinstance(reward_model, PreferenceModel)
-    for key in ("heldout_accuracy", "panel_self_agreement", "panel_best_accuracy", "pairs", "train_pairs"):
-        assert key in metrics
-    assert metrics["pairs"] == 10 and metrics["train_pairs"] == 7
-    assert label_seed(0) != PANEL_SEED
-    for key in ("heldout_accuracy", "panel_self_agreement", "panel_best_accuracy", "label_mean"):
-        assert 0.0 <= metrics[key] <= 1.0, key
-    # the held-out accuracy, recomputed from the same pairs, panel labels and split
+    params = RewardModelParams(pairs=12, sources={"group": 0.5, "stream": 0.25, "mismatch": 0.25}, group_size=3,
+                               votes=3, raters=3, epochs=1, batch_size=8, holdout_fraction=0.5)
+    world = WorldParams(stream={"defect_rate": 0.5})
     sampling = SamplingParams(steps=2, guidance=2.0)
-    pairs = build_preference_dataset(model, prompts, pairs=10, seed=0, steps=2, guidance=2.0,
-                                     batch_size=sampling.batch_size)
+    reward_model, metrics = fit_reward_model(model, records, params, sampling, world, seed=0)
+    assert isinstance(reward_model, PreferenceModel)
+    assert metrics["pairs"] == 12 and metrics["train_pairs"] == 6 and metrics["votes"] == 3
+    assert sum(metrics[f"{s}.heldout_pairs"] for s in ("group", "stream", "mismatch")) == 6
+    for key in ("heldout_accuracy", "panel_self_agreement", "panel_best_accuracy", "label_mean",
+                "heldout_agreement_noise_free"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["accuracy_gap"] == pytest.approx(metrics["panel_best_accuracy"] - metrics["heldout_accuracy"])
+    # the held-out accuracy, recomputed from the same pairs, one fresh rater's choices and the same split
+    pairs = build_pairs(model, records, params, sampling, realism, RES, seed=0)
+    assert pairs["source"] == ["group"] * 6 + ["stream"] * 3 + ["mismatch"] * 3
     a, b, names = pairs["images_a"], pairs["images_b"], list(pairs["prompts"])
-    labels = make_panel(params).label_pairs(a, b, names, torch.Generator().manual_seed(label_seed(0)))
-    _, held = split_indices(10, 0.3, 0)
+    _, held = split_indices(12, 0.5, 0)
     held_names = [names[i] for i in held]
+    choice = vote(make_panel(params), a[held], b[held], held_names, 1,
+                  torch.Generator().manual_seed(label_seed(0) + 2))
     expected = pair_accuracy(reward_model.score(a[held], held_names), reward_model.score(b[held], held_names),
-                             labels[held])
+                             choice)
     assert metrics["heldout_accuracy"] == pytest.approx(expected)
-    assert metrics["label_mean"] == pytest.approx(float(labels.float().mean()))
+    votes = vote(make_panel(params), a, b, names, 3, torch.Generator().manual_seed(label_seed(0)))
+    assert metrics["label_mean"] == pytest.approx(float(votes.mean()))
+    assert set((votes * 3).round().tolist()) <= {0.0, 1.0, 2.0, 3.0} and torch.allclose(votes * 3, (votes * 3).round())
+
+
+def test_stream_and_mismatch_pairs_teach_what_the_panel_values():
+    """Stream pairs differ by defects (same prompt met), mismatch pairs by prompt match; the panel
+    prefers the defect-free and the matching image."""
+    records = [{"prompt": p} for p in ("a red circle", "a large blue square", "a green triangle")]
+    panel = RaterPanel(5, 1.0, seed=PANEL_SEED)
+    mismatch = render_pairs(records, 60, Realism(), RES, seed=0, mismatch=True)
+    utility_a = panel.utility(mismatch["images_a"], mismatch["prompts"])
+    utility_b = panel.utility(mismatch["images_b"], mismatch["prompts"])
+    assert (utility_a - utility_b).abs().mean() > 1.5  # one of the two misses the prompt
+    clean = render_pairs(records, 60, Realism(), RES, seed=0, mismatch=False)
+    assert (panel.utility(clean["images_a"], clean["prompts"]) > 9.5).all()  # clean renders that match
+    spoilt = render_pairs(records, 60, Realism(defect_rate=1.0), RES, seed=0, mismatch=False)
+    assert panel.utility(spoilt["images_a"], spoilt["prompts"]).mean() < 9.0

@@ -147,7 +147,12 @@ def test_statistical_parity_and_entropy():
     assert statistical_parity(colours * 2, colours) == 0.0
     collapsed = statistical_parity(["red"] * 8, colours)
     assert collapsed == pytest.approx((1 - 0.25) ** 2 + 3 * 0.25**2)
-    assert statistical_parity([None] * 8, colours) == pytest.approx(4 * 0.25**2)  # nothing detected: bad
+    # a missing object never helps: it counts for the majority class and costs its share / |A| on top
+    assert statistical_parity([None] * 8, colours) == pytest.approx(collapsed + 0.25)
+    seven_and_blank = statistical_parity(["red"] * 7 + [None], colours)
+    assert seven_and_blank == pytest.approx(collapsed + 0.25 / 8) and seven_and_blank > collapsed
+    assert statistical_parity(colours + [None] * 4, colours) > statistical_parity(colours * 2, colours)
+    assert statistical_parity(["red", "green", "blue", None], colours) > statistical_parity(colours, colours)
     assert attribute_entropy(colours, colours) == pytest.approx(1.0)
     assert attribute_entropy(["red"] * 4, colours) == 0.0
 
@@ -168,6 +173,20 @@ def test_diversity_even_split_is_zero_and_shared_by_the_group():
     assert len(set(scores[8:].tolist())) == 1  # one value for the whole minibatch
     assert scores[8] < scores[0]
     assert scores[8] == pytest.approx(-statistical_parity(["red"] * 8, list(COLOURS)))
+
+
+def test_diversity_reward_never_pays_for_a_missing_object():
+    """A collapsed group (8 red) beats the same group with a blank image, which beats 8 blanks."""
+    reward = DiversityReward()
+    red = _images(*_colour_group(["red"] * 8))
+    blank = torch.full_like(red[:1], 255)
+    groups = torch.cat([red, red[:7], blank, blank.expand(8, -1, -1, -1)])
+    metadata = [{"group": g} for g in range(3) for _ in range(8)]
+    scores = reward(groups, ["a circle"] * 24, metadata)
+    collapsed, one_blank, all_blank = scores[0].item(), scores[8].item(), scores[16].item()
+    assert collapsed == pytest.approx(-0.75)
+    assert collapsed > one_blank > all_blank
+    assert all_blank == pytest.approx(-1.0)
 
 
 def test_diversity_groups_are_scored_separately():

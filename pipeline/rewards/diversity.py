@@ -6,8 +6,8 @@ default; "shape" or "size" via `context.options["attribute"]`) and the group's r
 
     -sum_a (p_a - 1/|A|)^2,   p_a = #{samples whose attribute is a} / #{samples in the group}
 
-(negative statistical parity; 0 is an even split). A sample with no detected object counts as
-none of the classes, so it lowers the score. Every sample of the group gets the group's reward.
+(negative statistical parity; 0 is an even split). A sample with no detected object counts for
+the most frequent class and is penalised on top, so a missing object always lowers the score. Every sample of the group gets the group's reward.
 
 When a group's prompt itself fixes the chosen attribute ("a red shape" with attribute colour),
 asking for an even colour split would fight the prompt; such a group is scored on the first

@@ -1,9 +1,9 @@
 """Training the learned preference model (the `reward_model` stage's work).
 
-Pairs of samples of one prompt are labelled by the simulated rater panel and fitted with the
-Bradley-Terry loss -log sigmoid(s_preferred - s_other). `fit_reward_model` samples the pairs from
-the base model, labels them, trains, and measures the held-out accuracy beside the panel's own
-self-agreement and its ceiling.
+Pairs for one prompt (`preference_data`: base samples, stream renders, mismatched scenes) are
+labelled by several votes of the simulated rater panel and fitted with the Bradley-Terry loss on
+the share of votes. `fit_reward_model` builds, labels, trains, and measures the held-out accuracy
+beside the panel's own ceiling on the same choices.
 """
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.rewards.preference import PreferenceModel, num_parameters
+from pipeline.rewards.preference_data import build_pairs, vote
 from pipeline.world.panel import RaterPanel, label_seed, make_panel
+from pipeline.world.realism import Realism
 
 
 def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,9 +41,10 @@ def pair_accuracy(scores_a: torch.Tensor, scores_b: torch.Tensor, labels: torch.
 
 
 def bradley_terry_loss(scores_a: torch.Tensor, scores_b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """-log sigmoid(s_preferred - s_other), averaged over pairs."""
-    sign = labels.float() * 2 - 1
-    return F.softplus(-sign * (scores_a - scores_b)).mean()
+    """Cross-entropy of P(a > b) = sigmoid(s_a - s_b) against labels in [0, 1] (the share of votes for a;
+    0 or 1 for one rater's choice, where it is -log sigmoid(s_preferred - s_other)), averaged over pairs."""
+    diff, y = scores_a - scores_b, labels.float().to(scores_a.device)
+    return (y * F.softplus(-diff) + (1 - y) * F.softplus(diff)).mean()
 
 
 _MIRROR = {"left": "right", "right": "left"}
@@ -135,65 +138,57 @@ def panel_best_accuracy(panel: RaterPanel, images_a: torch.Tensor, images_b: tor
     return pair_accuracy(panel.utility(images_a, prompts), panel.utility(images_b, prompts), torch.as_tensor(labels))
 
 
-def _prompt_text(prompt) -> str:
-    return prompt["prompt"] if isinstance(prompt, dict) else str(prompt)
-
-
-def build_preference_dataset(model, prompts: Sequence, *, pairs: int, seed: int, steps: int, guidance: float,
-                             batch_size: int = 64, eta: float = 1.0, progress: bool = False) -> dict:
-    """Image pairs for preference labelling: `pairs` prompts drawn (seeded) from `prompts`, two seeds each.
-
-    Samples with `pipeline.sampling.sample_images` (eta 1.0 for variety). Returns
-    {"images_a", "images_b": uint8 (N, H, W, 3), "prompts": list[str], "seeds_a", "seeds_b": list[int]}.
-    """
-    from pipeline.sampling import sample_images
-
-    texts = [_prompt_text(p) for p in prompts]
-    if not texts:
-        raise ValueError("build_preference_dataset needs at least one prompt")
-    if pairs < 1:
-        raise ValueError(f"pairs must be positive, got {pairs}")
-    rng = np.random.default_rng([seed, 3])
-    chosen = [texts[i] for i in rng.integers(0, len(texts), size=pairs)]
-    seeds = rng.choice(2**31 - 1, size=2 * pairs, replace=False).astype(int).tolist()
-    seeds_a, seeds_b = seeds[:pairs], seeds[pairs:]
-    images = sample_images(model, chosen + chosen, seeds_a + seeds_b, steps=steps, guidance=guidance, eta=eta,
-                           batch_size=batch_size, progress=progress)
-    return {"images_a": images[:pairs], "images_b": images[pairs:], "prompts": chosen,
-            "seeds_a": seeds_a, "seeds_b": seeds_b}
-
-
 def fit_labelled_pairs(dataset: dict, panel: RaterPanel, reward_params, seed: int, device: str = "cpu",
                        progress: bool = False) -> tuple[PreferenceModel, dict]:
-    """Label a pair dataset with the panel, train, and measure against the panel's own consistency."""
+    """Label a pair dataset with `reward_params.votes` panel votes a pair, train on the vote shares, and
+    measure the held-out pairs against one fresh rater's choice each, beside the panel's own noise-free
+    verdict (its mean utility) on the same choices: the ceiling a learned model can reach."""
     a, b, prompts = dataset["images_a"], dataset["images_b"], list(dataset["prompts"])
-    labels = panel.label_pairs(a, b, prompts, torch.Generator().manual_seed(label_seed(seed)))
+    votes = vote(panel, a, b, prompts, reward_params.votes, torch.Generator().manual_seed(label_seed(seed)))
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+        torch.manual_seed(seed)
+        model = PreferenceModel(channels=reward_params.channels)
     model, metrics = train_preference_model(
-        a, b, prompts, labels, epochs=reward_params.epochs, lr=reward_params.lr,
+        a, b, prompts, votes, epochs=reward_params.epochs, lr=reward_params.lr, model=model,
         batch_size=reward_params.batch_size, holdout_fraction=reward_params.holdout_fraction, seed=seed,
         device=device, progress=progress,
     )
     _, held = split_indices(len(prompts), reward_params.holdout_fraction, seed)
     held_prompts = [prompts[i] for i in held]
+    choice = vote(panel, a[held], b[held], held_prompts, 1, torch.Generator().manual_seed(label_seed(seed) + 2))
+    scores_a, scores_b = model.score(a[held], held_prompts), model.score(b[held], held_prompts)
+    utility_a, utility_b = panel.utility(a[held], held_prompts), panel.utility(b[held], held_prompts)
+    noise_free = (utility_a > utility_b).float() + 0.5 * (utility_a == utility_b).float()
     metrics.update(
         pairs=len(prompts),
+        votes=reward_params.votes,
+        heldout_accuracy=pair_accuracy(scores_a, scores_b, choice),
+        panel_best_accuracy=pair_accuracy(utility_a, utility_b, choice),
+        heldout_agreement_noise_free=pair_accuracy(scores_a, scores_b, noise_free),
         panel_self_agreement=panel_self_agreement(panel, a, b, prompts, seed=label_seed(seed) + 1),
-        panel_best_accuracy=panel_best_accuracy(panel, a[held], b[held], held_prompts, labels[held]),
-        label_mean=float(labels.float().mean()),
+        label_mean=float(votes.float().mean()),
     )
+    metrics["accuracy_gap"] = metrics["panel_best_accuracy"] - metrics["heldout_accuracy"]
+    sources = np.asarray(dataset.get("source", ["all"] * len(prompts)))[held]
+    for name in dict.fromkeys(sources.tolist()):
+        rows = torch.from_numpy(sources == name)
+        metrics[f"{name}.heldout_accuracy"] = pair_accuracy(scores_a[rows], scores_b[rows], choice[rows])
+        metrics[f"{name}.panel_best_accuracy"] = pair_accuracy(utility_a[rows], utility_b[rows], choice[rows])
+        metrics[f"{name}.heldout_pairs"] = int(rows.sum())
     return model, metrics
 
 
-def fit_reward_model(model, prompts: Sequence, reward_params, sampling, seed: int, *, device: str = "cpu",
+def fit_reward_model(model, records: Sequence, reward_params, sampling, world, seed: int, *, device: str = "cpu",
                      progress: bool = False) -> tuple[PreferenceModel, dict]:
-    """The `reward_model` stage: sample pairs from `model`, label them with the panel, train, measure.
+    """The `reward_model` stage: pairs from every source (`preference_data.build_pairs`: base samples of
+    `model`, the pretraining stream's renders of `world`), panel votes, training, held-out measures.
 
-    `reward_params` is a RewardModelParams, `sampling` a SamplingParams (steps, guidance,
-    batch_size; eta is 1.0 here for variety). Metrics: heldout_accuracy, panel_self_agreement,
-    panel_best_accuracy (held-out pairs, the panel's mean utility against its labels: the
-    ceiling), pairs, train_pairs, and the training losses.
+    `records` are the preference corpus's train records (prompt and spec). Metrics: heldout_accuracy and
+    panel_best_accuracy (one fresh rater's choice per held-out pair; the second is the panel's noise-free
+    verdict, the ceiling), accuracy_gap, heldout_agreement_noise_free, panel_self_agreement, per-source
+    accuracies, pair counts and the training losses.
     """
-    dataset = build_preference_dataset(model, prompts, pairs=reward_params.pairs, seed=seed, steps=sampling.steps,
-                                       guidance=sampling.guidance, batch_size=sampling.batch_size, progress=progress)
+    dataset = build_pairs(model, records, reward_params, sampling, Realism.from_params(world.stream),
+                          world.resolution, seed, progress=progress)
     return fit_labelled_pairs(dataset, make_panel(reward_params), reward_params, seed, device=device,
                               progress=progress)

@@ -30,6 +30,7 @@ _REWARDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "clip_parity": ("pipeline.rewards.adapters:ClipParityReward",
                     ("model", "processor", "batch_size", "classes", "template")),
     "null": ("pipeline.rewards.null:NullReward", ()),
+    "panel_utility": ("pipeline.rewards.oracle:PanelUtilityReward", ("raters",)),  # research only: the judge itself
 }
 
 

@@ -15,12 +15,11 @@ from pipeline.errors import ModelLoadError, RewardLoadError
 from pipeline.io import read_jsonl
 from pipeline.models.base import Text2ImageModel
 from pipeline.params import Params
-from pipeline.pretraining import StreamBatches
+from pipeline.pretraining import StreamBatches, scene_stream
 from pipeline.prompts import check_no_leak
 from pipeline.rewards.registry import RewardContext, build_reward
 from pipeline.rl.distributed import Distributed
 from pipeline.rl.trainer import RLTrainer, TaskRuntime
-from pipeline.world.stream import SceneStream
 
 PRETRAIN_STREAM_OFFSET = 1_000  # L_pre pairs come from a stream seeded apart from pretraining's
 PROCESS_STREAM_STRIDE = 100_003  # and apart on each process
@@ -78,10 +77,10 @@ def build_trainer(model: Text2ImageModel, params: Params, tasks: list[TaskRuntim
     if params.rl.lora_rank and model.lora_rank != params.rl.lora_rank:
         model.enable_lora(params.rl.lora_rank)  # unless an earlier trainer on this model added them
     index = dist.process_index if dist else 0  # each process draws its own L_pre images (process 0: as one process)
-    stream = SceneStream(params.seed + PRETRAIN_STREAM_OFFSET + PROCESS_STREAM_STRIDE * index, params.world.resolution,
-                         params.world.two_object_prob)
+    stream = scene_stream(params.world, params.seed + PRETRAIN_STREAM_OFFSET + PROCESS_STREAM_STRIDE * index)
     batches = StreamBatches(stream) if params.model.kind == "tiny" else None
-    return RLTrainer(model, tasks, params.rl, params.sampling, params.seed, pretrain_batches=batches, dist=dist)
+    return RLTrainer(model, tasks, params.rl, params.sampling, params.seed, pretrain_batches=batches, dist=dist,
+                     caption_dropout=params.pretrain.caption_dropout)
 
 
 def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None, checkpoint_every: int,

@@ -24,6 +24,7 @@ from pipeline.rl.advantages import compute_advantages
 from pipeline.rl.batches import TaskBatch, draw_task_batch
 from pipeline.rl.distributed import Distributed
 from pipeline.rl.loss import clipped_policy_loss
+from pipeline.rl.nft import nft_update
 from pipeline.rl.policy import choose_train_steps, recompute_log_probs, stochastic_steps
 from pipeline.sampling import Trajectory, sample_trajectories
 
@@ -51,15 +52,24 @@ def step_means(stats: dict[str, list[float]]) -> dict[str, float]:
 class RLTrainer:
     def __init__(self, model: Text2ImageModel, tasks: list[TaskRuntime], rl: RLParams, sampling: SamplingParams,
                  seed: int, pretrain_batches: Callable[[int], tuple[torch.Tensor, list[str]]] | None = None,
-                 dist: Distributed | None = None):
+                 dist: Distributed | None = None, caption_dropout: float = 0.0):
         self.model, self.tasks, self.rl, self.sampling = model, tasks, rl, sampling
         self.dist = dist or Distributed()
         self.pretrain_batches = pretrain_batches
+        self.caption_dropout = caption_dropout  # L_pre drops captions as pretraining did: the unconditional
+        # branch, which the guided RL gradient reaches with weight 1 - guidance, is regularised too
         for index, task in enumerate(tasks):
             if task.reward.distribution_level and task.params.advantage == "group":
                 raise ValueError(f"rl.tasks[{index}].advantage is 'group' but reward {task.params.reward!r} is "
                                  "distribution-level (every sample of a prompt gets the same reward, so group "
                                  "advantages are all zero); use advantage: batch")
+            groups = task.params.prompts_per_iteration * self.dist.num_processes
+            if task.reward.distribution_level and groups < 2:
+                raise ValueError(f"rl.tasks[{index}] ({task.params.name}): reward {task.params.reward!r} is "
+                                 f"distribution-level, so each prompt group gets one reward, and a batch of "
+                                 f"{groups} group (prompts_per_iteration {task.params.prompts_per_iteration} x "
+                                 f"{self.dist.num_processes} process(es)) normalises to all-zero advantages; "
+                                 "raise prompts_per_iteration to at least 2")
         self.parameters = model.trainable_unet_parameters()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=rl.lr, betas=(rl.adam_beta1, rl.adam_beta2),
                                            eps=rl.adam_eps, weight_decay=rl.weight_decay)
@@ -70,14 +80,18 @@ class RLTrainer:
         self.rng = np.random.default_rng([seed, self.dist.process_index])
         self.generator = torch.Generator().manual_seed(seed * 7919 + self.dist.process_index)
         self.state = TrainerState()
+        self.rollout_steps = rl.rollout_steps or sampling.steps
+        self.guidance = sampling.guidance if rl.rollout_guidance is None else rl.rollout_guidance
         with torch.no_grad():
-            self.uncond = model.encode_prompts([""]) if sampling.guidance != 1.0 else None
+            self.uncond = model.encode_prompts([""]) if self.guidance != 1.0 else None
 
     # -- one iteration ---------------------------------------------------------------------------
     def sample_task(self, task: TaskRuntime, index: int) -> tuple[TaskBatch, Trajectory]:
         p = task.params
+        # a distribution-level reward scores the spread of a group's samples: their noise must be independent
+        share = self.rl.share_group_noise and not task.reward.distribution_level
         batch = draw_task_batch(task.records, self.rng, prompts_per_iteration=p.prompts_per_iteration,
-                                samples_per_prompt=p.samples_per_prompt, share_group_noise=self.rl.share_group_noise,
+                                samples_per_prompt=p.samples_per_prompt, share_group_noise=share,
                                 group_offset=self.dist.process_index * p.prompts_per_iteration)
         return batch, self.sample(batch)
 
@@ -90,11 +104,11 @@ class RLTrainer:
         size = self.sampling.batch_size
         traj = Trajectory.cat([
             sample_trajectories(self.model, batch.prompts[start:start + size], batch.seeds[start:start + size],
-                                init_seeds=batch.init_seeds[start:start + size], steps=self.sampling.steps,
-                                guidance=self.sampling.guidance, eta=self.rl.eta, clamp_x0=self.rl.clamp_x0,
+                                init_seeds=batch.init_seeds[start:start + size], steps=self.rollout_steps,
+                                guidance=self.guidance, eta=self.rl.eta, clamp_x0=self.rl.clamp_x0,
                                 uncond=self.uncond)
             for start in range(0, len(batch.prompts), size)])
-        self._count(len(batch.prompts) * self.sampling.steps * self._rows_per_sample)
+        self.count_passes(len(batch.prompts) * self.rollout_steps, train=False)
         return traj
 
     def score(self, task: TaskRuntime, batch: TaskBatch, traj: Trajectory):
@@ -123,16 +137,15 @@ class RLTrainer:
         statistic per optimiser step, in plan order: approx_kl, clip_fraction, ratio_mean,
         grad_norm_rl (before clipping) and loss_rl (the clipped surrogate)."""
         rl = self.rl
+        if rl.algorithm == "nft":
+            return nft_update(self, traj, advantages, valid, step_scale)
         plan = self.make_plan(traj) if plan is None else plan
         stats = {"approx_kl": [], "clip_fraction": [], "ratio_mean": [], "grad_norm_rl": [], "loss_rl": []}
         self.model.train()
         for minibatch, steps in plan:
             out = self.policy_loss(traj, advantages, minibatch, steps, valid)
-            loss = out.loss
-            if self.pretrain_batches and rl.pretrain_mode == "joint" and rl.pretrain_beta > 0:
-                loss = loss + rl.pretrain_beta * self._pretrain_loss()
-            stats["grad_norm_rl"].append(self.optimiser_step(loss, scale=step_scale))
-            self._count(TRAIN_PASS_COST * steps.numel() * self._rows_per_sample)
+            stats["grad_norm_rl"].append(self.optimiser_step(self.with_joint_pretraining(out.loss), scale=step_scale))
+            self.count_passes(steps.numel(), train=True)
             for key, value in (("approx_kl", out.approx_kl), ("clip_fraction", out.clip_fraction),
                                ("ratio_mean", out.ratio_mean), ("loss_rl", out.loss.item())):
                 stats[key].append(value)
@@ -144,7 +157,7 @@ class RLTrainer:
         samples = minibatch[:, None].expand(-1, steps.shape[1]).reshape(-1)
         chosen = steps.reshape(-1)
         log_prob = recompute_log_probs(self.model, traj, samples, chosen, uncond=self.uncond,
-                                       guidance=self.sampling.guidance, eta=self.rl.eta, clamp_x0=self.rl.clamp_x0)
+                                       guidance=self.guidance, eta=self.rl.eta, clamp_x0=self.rl.clamp_x0)
         return clipped_policy_loss(log_prob, traj.log_probs[samples, chosen], advantages[samples], self.rl.clip_range,
                                    mask=None if valid is None else valid[samples])
 
@@ -152,6 +165,16 @@ class RLTrainer:
     def _rows_per_sample(self) -> int:
         """UNet rows a sample costs: 2 with classifier-free guidance (conditional and unconditional)."""
         return 2 if self.uncond is not None else 1
+
+    def count_passes(self, samples: int, train: bool) -> None:
+        """Count UNet calls on `samples` rows of the policy (guided: two each), forward only or trained."""
+        self._count((TRAIN_PASS_COST if train else 1) * samples * self._rows_per_sample)
+
+    def with_joint_pretraining(self, loss: torch.Tensor) -> torch.Tensor:
+        """`loss` plus beta * L_pre when rl.pretrain_mode is "joint" (Algorithm 1's separate step otherwise)."""
+        if self.pretrain_batches and self.rl.pretrain_mode == "joint" and self.rl.pretrain_beta > 0:
+            return loss + self.rl.pretrain_beta * self._pretrain_loss()
+        return loss
 
     def _count(self, passes: int) -> None:
         """UNet forward-equivalents of the whole run (all processes), the control's budget."""
@@ -188,7 +211,9 @@ class RLTrainer:
 
     def _pretrain_loss(self) -> torch.Tensor:
         images, captions = self.pretrain_batches(self.rl.pretrain_batch_size)
-        with torch.no_grad():
+        drop = torch.rand(len(captions), generator=self.generator) < self.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        with torch.no_grad():  # the text encoder is frozen in RL
             embeds = self.model.encode_prompts(captions)
         self._count(TRAIN_PASS_COST * len(captions))
         return pretraining_loss(self.model, images, captions, self.generator, embeds=embeds)

@@ -12,6 +12,7 @@ SIZES = ("small", "large")
 RELATIONS = ("left of", "right of", "above", "below")
 CONJUNCTION = "and"
 ATTRIBUTES = ("colour", "shape", "size")
+DEFECT_KINDS = ("blur", "stray", "faded", "cropped", "tiny")  # the web-like stream's image defects (realism.py)
 
 ARTICLE = "a"
 GENERIC_SHAPE = "shape"  # the noun a caption uses when the shape is unspecified
