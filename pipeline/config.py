@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,9 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return f"missing key '{key}'"
     value = error.get("input")
+    if error["type"] == "value_error":  # the project's own validators: their message says what was got
+        message = error["msg"].removeprefix("Value error, ")
+        return f"'{key}': {message}" if "got" in message else f"'{key}': {message} (got {value!r})"
     return f"'{key}': {error['msg']} (got {value!r})"
 
 
@@ -128,6 +132,73 @@ def check_consistency(params: Params, source: str) -> None:
                           "'stable_diffusion' set rl.pretrain_beta: 0")
     if params.model.kind == "tiny" and params.world.resolution % 4:
         raise ParamsError(f"{source}: 'world.resolution' must be a multiple of 4 for the tiny model")
+    check_ranges(params, source)
+
+
+# Keys each model kind ignores: set in a params file, they would silently do nothing.
+IGNORED_BY_KIND = {"stable_diffusion": ("channels", "text_dim", "text_layers", "attention_heads", "prediction_type",
+                                        "beta_schedule"),
+                   "tiny": ("pretrained", "resolution")}
+
+
+def check_ranges(params: Params, source: str) -> None:
+    """Values each key accepts alone but that, beside other keys, would be clamped, ignored or unusable."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", params.device):
+        raise ParamsError(f"{source}: 'device' is {params.device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    seeds = params.sampling.seeds
+    if len(set(seeds)) != len(seeds):
+        raise ParamsError(f"{source}: 'sampling.seeds' is {seeds}; expected distinct seeds (a repeated one samples "
+                          "the same images twice)")
+    m = params.model
+    ignored = [key for key in IGNORED_BY_KIND[m.kind] if key in m.model_fields_set]
+    if ignored:
+        raise ParamsError(f"{source}: 'model.{ignored[0]}' is set but model.kind {m.kind!r} ignores it; remove it "
+                          "(or change model.kind)")
+    if m.kind == "tiny" and m.channels[-1] % m.attention_heads:  # the tiny UNet attends at its lowest level only
+        raise ParamsError(f"{source}: 'model.attention_heads' is {m.attention_heads}; expected a divisor of the last "
+                          f"of model.channels ({m.channels[-1]}), which the tiny UNet's attention splits into heads")
+    if m.kind == "tiny" and m.text_dim % 2:
+        raise ParamsError(f"{source}: 'model.text_dim' is {m.text_dim}; expected an even number (the tiny text "
+                          "encoder has 2 attention heads)")
+    largest = corpus_capacity()
+    for key in ("train_per_task", "eval_per_task"):
+        if getattr(params.prompts, key) > largest:
+            raise ParamsError(f"{source}: 'prompts.{key}' is {getattr(params.prompts, key)} but the largest corpus "
+                              f"(composition) has {largest} prompts; expected at most {largest}")
+    rl = params.rl
+    steps = rl.rollout_steps or params.sampling.steps
+    window = max(1, math.ceil(rl.timestep_window * steps))  # pipeline/rl/policy.py choose_train_steps
+    if rl.algorithm == "ppo" and rl.train_timesteps > window:
+        raise ParamsError(f"{source}: 'rl.train_timesteps' is {rl.train_timesteps} but the trained window holds "
+                          f"{window} of the {steps} rollout steps (rl.timestep_window {rl.timestep_window}); expected "
+                          f"at most {window}")
+
+
+def corpus_capacity() -> int:
+    """Prompts in the largest corpus, composition: every ordered pair of coloured shapes in every
+    relation (pipeline/prompts.py enumerate_specs; tests/test_config.py checks the two agree)."""
+    from pipeline.world.vocab import COLOURS, RELATIONS, SHAPES
+
+    objects = len(COLOURS) * len(SHAPES)
+    return objects * (objects - 1) * len(RELATIONS)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys without a word; a params file with one is almost surely a slip."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen and key != "<<":
+                raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: duplicated key {key!r}; YAML keeps only the "
+                                    "last value: expected each key once")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_params(path: str | Path) -> Params:
@@ -136,7 +207,11 @@ def load_params(path: str | Path) -> Params:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}); expected a YAML params file") from None
+    except _DuplicateKey as exc:
+        raise ParamsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw, str(path))

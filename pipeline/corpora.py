@@ -15,3 +15,6 @@ CORPORA = (PREFERENCE, COMPOSITION, DIVERSITY, SINGLE)
 EVAL_CORPORA = (SINGLE, COMPOSITION, DIVERSITY, PREFERENCE)
 # The fully specified corpora: detector accuracy (composition, single- and two-object) is measured on these.
 SPECIFIED_CORPORA = (SINGLE, COMPOSITION)
+# What a task or corpus name may be: names key metrics, CSV rows, report sections and image file names.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+NAME_RULE = "letters, digits, '_' or '-'"

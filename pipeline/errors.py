@@ -27,6 +27,10 @@ class CheckpointError(InputError, RuntimeError):
     """A checkpoint that exists but cannot be used."""
 
 
+class OutputPathError(InputError, ValueError):
+    """An output path that would replace or delete an input, another output or a checkpoint."""
+
+
 class RewardLoadError(InputError, RuntimeError):
     """A reward model that cannot be loaded; the message names the source and how to fix it."""
 
@@ -40,3 +44,7 @@ class UnknownRewardError(InputError, KeyError):
 
 class UnknownRewardOptionError(InputError, ValueError):
     """A `reward_options` key the reward does not read."""
+
+
+class RewardOptionError(InputError, ValueError):
+    """A `reward_options` value the reward cannot use."""

@@ -6,13 +6,35 @@ messages and the checks across keys are pipeline/config.py.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal
+import re
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+def _numeric(annotation: Any) -> bool:
+    """int or float, or an optional, list or tuple of them."""
+    if annotation in (int, float):
+        return True
+    args = [a for a in get_args(annotation) if a not in (type(None), Ellipsis)]
+    return bool(args) and all(_numeric(a) for a in args)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info) -> Any:
+        """YAML's true/false where a number is expected is a slip, not 1/0, and 1 or "yes" where true/false
+        is expected is not a boolean (pydantic would convert both)."""
+        annotation = cls.model_fields[info.field_name].annotation
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) for v in items) and _numeric(annotation):
+            raise ValueError(f"expected a number, got a boolean ({value!r})")
+        if annotation is bool and not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
 
 
 class StreamParams(_Section):
@@ -99,8 +121,9 @@ class ModelParams(_Section):
     def _sd_needs_source(self) -> "ModelParams":
         if self.kind == "stable_diffusion" and not self.pretrained:
             raise ValueError("model.kind 'stable_diffusion' needs model.pretrained (a hub id or local path)")
-        if len(self.channels) != 3 or any(c % 8 for c in self.channels):
-            raise ValueError("model.channels must be 3 multiples of 8, e.g. [16, 32, 64]")
+        if len(self.channels) != 3 or any(c <= 0 or c % 8 for c in self.channels):
+            raise ValueError(f"model.channels must be 3 positive multiples of 8, e.g. [16, 32, 64]; "
+                             f"got {list(self.channels)}")
         return self
 
 
@@ -141,12 +164,27 @@ class TaskParams(_Section):
     # that grows objects (docs/experiments.md E19). Evaluation still scores the whole corpus.
     exclude_words: list[str] = Field(default_factory=list)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        from pipeline.corpora import NAME_PATTERN, NAME_RULE
+
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError(f"expected {NAME_RULE} (the name keys metrics, CSV rows and report sections), got {name!r}")
+        return name
+
     @field_validator("exclude_words")
     @classmethod
     def _single_words(cls, words: list[str]) -> list[str]:
+        from pipeline.world.vocab import vocabulary
+
         for word in words:
             if not word.strip() or len(word.split()) != 1:
                 raise ValueError(f"each exclude word must be one non-empty word, got {word!r}")
+            if word.strip().lower() not in vocabulary():
+                close = difflib.get_close_matches(word.strip().lower(), vocabulary(), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{word!r} is in no prompt{hint}; expected words of: {', '.join(vocabulary())}")
         return [word.strip().lower() for word in words]
 
 
@@ -236,14 +274,15 @@ class ControlParams(_Section):
 
 
 class EvaluateParams(_Section):
-    bootstrap: int = Field(1000, ge=10)
+    bootstrap: int = Field(1000, ge=10, le=100_000)  # resamples: memory grows with resamples x prompts
     diversity_attribute: Literal["colour", "shape", "size"] = "colour"
 
 
 class Params(_Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31)  # numpy seeds the legacy global RNG with it (< 2**32, offsets added)
     threads: int = Field(1, ge=1, le=64)
     device: str = "cpu"
+    checkpoint_keep: int = Field(2, ge=1, le=1000)  # newest checkpoints each run keeps (pipeline/checkpoints.py)
     world: WorldParams = WorldParams()
     prompts: PromptsParams = PromptsParams()
     model: ModelParams = ModelParams()
@@ -253,3 +292,4 @@ class Params(_Section):
     reward_model: RewardModelParams = RewardModelParams()
     control: ControlParams = ControlParams()
     evaluate: EvaluateParams = EvaluateParams()
+

@@ -141,3 +141,11 @@ def test_stage_fails_fast_with_one_line_and_no_output(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: stage prompts:")
     assert "'rl.lr'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_largest_corpus_bound_is_what_the_grammar_yields():
+    from pipeline.config import corpus_capacity
+    from pipeline.corpora import CORPORA
+    from pipeline.prompts import enumerate_specs
+
+    assert corpus_capacity() == max(len(enumerate_specs(corpus)) for corpus in CORPORA)
