@@ -15,6 +15,7 @@ from pipeline.io import read_jsonl
 from pipeline.models.base import Text2ImageModel
 from pipeline.params import Params
 from pipeline.sampling import sample_images
+from pipeline.world.captions import record_problem
 
 
 def noise_seed(prompt: str, seed: int) -> int:
@@ -25,7 +26,8 @@ def eval_rows(prompts_dir: str | Path, params: Params, tasks: tuple[str, ...] = 
     """One row per (eval prompt, seed) of `tasks`; diversity prompts get `diversity_seeds` seeds each."""
     rows = []
     for task in tasks:
-        records = read_jsonl(Path(prompts_dir) / f"{task}.eval.jsonl", required=("prompt", "spec"))
+        records = read_jsonl(Path(prompts_dir) / f"{task}.eval.jsonl", required=("prompt", "spec"),
+                             check=record_problem)
         seeds = range(params.sampling.diversity_seeds) if task == DIVERSITY else params.sampling.seeds
         for index, record in enumerate(records):
             for seed in seeds:

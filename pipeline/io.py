@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pipeline.errors import DataFileError
 
@@ -56,12 +56,24 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
 
 
-def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
+def read_text(path: str | Path, what: str = "a text file") -> str:
+    """A UTF-8 file's text; DataFileError naming the file when it is missing or not UTF-8."""
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"{path}: file not found (run the stage that writes it first)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{path}: not UTF-8 text (byte {exc.start}); expected {what}") from None
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = (),
+               check: Callable[[dict], str | None] | None = None) -> list[dict]:
+    """The rows of a JSON-lines file; each must be an object with the `required` keys, and `check(row)`,
+    when given, returns what is wrong with a row (or None)."""
+    path = Path(path)
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "JSON lines").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -73,6 +85,9 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
         missing = [key for key in required if key not in row]
         if missing:
             raise DataFileError(f"{path}:{number}: missing key(s) {missing}")
+        problem = check(row) if check else None
+        if problem:
+            raise DataFileError(f"{path}:{number}: {problem}")
         rows.append(row)
     if not rows:
         raise DataFileError(f"{path}: file is empty; expected at least one JSON line")

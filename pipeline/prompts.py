@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.errors import DataFileError
 from pipeline.corpora import COMPOSITION, CORPORA, DIVERSITY, PREFERENCE, SINGLE
 from pipeline.params import PromptsParams
 from pipeline.world.captions import caption_for_spec
@@ -18,6 +19,7 @@ from pipeline.world.scene import ObjectSpec, PromptSpec
 from pipeline.world.vocab import COLOURS, CONJUNCTION, RELATIONS, SHAPES, SIZES
 
 RECORD_KEYS = ("prompt", "task", "spec", "unseen")
+MANIFEST = "manifest.json"  # the prompts stage's record of each corpus: sizes, and whether train/eval are disjoint
 
 
 def _objects() -> list[ObjectSpec]:
@@ -80,5 +82,5 @@ def check_no_leak(train: list[dict], eval_: list[dict], source: str) -> None:
     """Raise if eval prompts appear in train (for corpora that promise a held-out split)."""
     leaked = sorted({r["prompt"] for r in train} & {r["prompt"] for r in eval_})
     if leaked:
-        raise ValueError(f"{source}: {len(leaked)} eval prompt(s) also in train, e.g. {leaked[0]!r}; "
+        raise DataFileError(f"{source}: {len(leaked)} eval prompt(s) also in train, e.g. {leaked[0]!r}; "
                          "a held-out split is required (prompts.require_disjoint)")

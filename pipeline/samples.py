@@ -5,6 +5,7 @@ and the report.
 """
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.corpora import NAME_PATTERN, NAME_RULE
+from pipeline.errors import DataFileError
 from pipeline.io import atomic_path, read_jsonl, write_jsonl
 
 INDEX = "index.jsonl"
@@ -33,10 +36,49 @@ def write_samples(out: str | Path, rows: list[dict], images: torch.Tensor) -> No
 
 
 def read_samples(folder: str | Path) -> tuple[list[dict], np.ndarray]:
+    """A sample folder's rows and images; DataFileError naming the file and line of any bad row or image."""
     folder = Path(folder)
-    rows = read_jsonl(folder / INDEX, required=("prompt", "task", "seed", "path"))
-    images = np.stack([np.asarray(Image.open(folder / r["path"]).convert("RGB")) for r in rows])
-    return rows, images
+    rows = read_jsonl(folder / INDEX, required=("prompt", "task", "seed", "path"), check=_row_checker(folder))
+    seen: dict[tuple, int] = {}
+    for number, row in enumerate(rows, start=1):
+        if seen.setdefault(pair_key(row), number) != number:
+            raise DataFileError(f"{folder / INDEX}: rows {seen[pair_key(row)]} and {number} are both {pair_key(row)}; "
+                                "expected one image per (task, prompt, seed)")
+    images = [_read_image(folder / r["path"]) for r in rows]
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise DataFileError(f"{folder}: images of different sizes {sorted(shapes)}; expected the images of one "
+                            "model's sample stage")
+    return rows, np.stack(images)
+
+
+def _row_checker(folder: Path):
+    """What is wrong with an index row: a task name that is not plain, a seed that is not a whole number, an
+    image path outside the folder (a set could show another model's images) or missing."""
+    inside = folder.resolve()
+
+    def check(row: dict) -> str | None:
+        if not isinstance(row["task"], str) or not re.fullmatch(NAME_PATTERN, row["task"]):
+            return f"'task' is {row['task']!r}; expected {NAME_RULE}"
+        if not isinstance(row["seed"], int) or isinstance(row["seed"], bool):
+            return f"'seed' is {row['seed']!r}; expected a whole number"
+        path = row["path"]
+        if not isinstance(path, str) or not (folder / path).resolve().is_relative_to(inside):
+            return f"'path' {path!r} points outside {folder}; expected an image inside the sample folder"
+        if not (folder / path).is_file():
+            return f"'path' {path!r}: image not found in {folder}"
+        return None
+
+    return check
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: not an image, truncated, corrupt
+        raise DataFileError(f"{path}: cannot read the image ({type(exc).__name__}: {exc}); expected a PNG the "
+                            "sample stage wrote (re-run it)") from None
 
 
 def pair_key(row: dict) -> tuple:
@@ -70,23 +112,29 @@ def load_models(samples_dir: str | Path) -> Aligned:
         folder = samples_dir / name
         if not folder.is_dir():
             if name in REQUIRED:
-                raise FileNotFoundError(f"{folder}: sample folder not found (run `dvc repro sample_{name}`)")
+                raise DataFileError(f"{folder}: sample folder not found (run `dvc repro sample_{name}`)")
             warnings.warn(f"{folder} is missing: control comparisons are omitted", RuntimeWarning, stacklevel=2)
             continue
         loaded[name] = read_samples(folder)
-    return align(loaded)
+    return align(loaded, {name: samples_dir / name for name in loaded})
 
 
-def align(loaded: dict[str, tuple[list[dict], np.ndarray]]) -> Aligned:
-    """Keep the (task, prompt, seed) pairs every model has, in base's order; warn about dropped ones."""
+def align(loaded: dict[str, tuple[list[dict], np.ndarray]], folders: dict[str, Path] | None = None) -> Aligned:
+    """The models' samples aligned on (task, prompt, seed), in base's order. Every model must have the
+    same pairs: judging on the pairs some model lacks would compare the models on different prompts."""
+    folders = folders or {}
     indexes = {name: {pair_key(r): i for i, r in enumerate(rows)} for name, (rows, _) in loaded.items()}
     base_rows = loaded["base"][0]
     common = [k for k in indexes["base"] if all(k in index for index in indexes.values())]
     if not common:
-        raise ValueError("the sample sets share no (task, prompt, seed) pair; were they sampled from the same prompts?")
-    dropped = max(len(index) for index in indexes.values()) - len(common)
-    if dropped:
-        warnings.warn(f"{dropped} sample(s) lack a counterpart in every model and are left out", RuntimeWarning,
-                      stacklevel=2)
+        raise DataFileError("the sample sets share no (task, prompt, seed) pair; expected sets sampled from the same "
+                            "prompts and params (re-run the sample stages)")
+    for name, index in indexes.items():
+        for other, other_index in indexes.items():
+            lacking = [k for k in other_index if k not in index]
+            if lacking:
+                raise DataFileError(f"{folders.get(name, name)}: lacks {len(lacking)} of the {len(other_index)} "
+                                    f"(task, prompt, seed) samples of {folders.get(other, other)}, e.g. {lacking[0]}; "
+                                    "expected sets sampled from the same prompts and params (re-run its sample stage)")
     images = {name: loaded[name][1][[indexes[name][k] for k in common]] for name in loaded}
     return Aligned([base_rows[indexes["base"][k]] for k in common], images)

@@ -96,8 +96,8 @@ def test_report_stage_fails_cleanly_without_eval_metrics(tmp_path, capsys):
     from stages import report as report_stage
 
     with pytest.raises(SystemExit) as exit_info:
-        report_stage.main(["--params", str(SMOKE_PARAMS), "--metrics", str(tmp_path), "--samples", str(tmp_path),
-                           "--out", str(tmp_path / "o")])
+        report_stage.main(["--params", str(SMOKE_PARAMS), "--metrics", str(tmp_path / "in"), "--samples",
+                           str(tmp_path / "in"), "--out", str(tmp_path / "o")])  # not inside an input: refused
     assert exit_info.value.code == 2
     assert "eval.json" in capsys.readouterr().err
 
@@ -147,3 +147,17 @@ def test_browser_check_catches_broken_images_and_script_errors(tmp_path):
     assert text == "hello"
     assert images[0]["naturalWidth"] == 0
     assert any("missing.png" in e for e in errors) and any("undefinedFunction" in e for e in errors)
+
+
+def test_markdown_shows_names_from_files_literally():
+    """report.md: a task or run name can open no link, image or HTML, and break no table row (the HTML
+    page escapes them too; task names are also validated where they are read)."""
+    from pipeline.report.document import Code, Document, Heading, Table, Text, to_markdown
+
+    doc = Document("t")
+    doc.add(Heading("Task: <img src=x onerror=alert(1)>"), Text("![pixel](http://example.com/p.png)"),
+            Table(["run"], [["[x](http://example.com) | y\nz"], ["0.5 [0.4, 0.6]"]]), Code("a: ```\nb"))
+    md = to_markdown(doc)
+    assert "## Task: \\<img src=x onerror=alert(1)\\>" in md and "](http" not in md
+    assert "| [x]\\(http://example.com) \\| y z |" in md and "| 0.5 [0.4, 0.6] |" in md
+    assert "````\na: ```\nb\n````" in md

@@ -29,6 +29,7 @@ from pipeline.world.attributes import open_attribute, read_attribute, spec_of
 from pipeline.world.vocab import SIZES
 
 COMPARISONS = (("rl", "base"), ("control", "base"), ("rl", "control"))
+PLOT_FILES = ("win_rate.csv", "composition.csv")  # written into the --plots folder
 WIN_COLUMNS = ("comparison", "task", "win_rate", "ci_low", "ci_high", "judge")
 COMPOSITION_COLUMNS = ("model", "split", "exact", "claim_score", "ci_low", "ci_high")
 # (key split, object-count prefix) -> composition.csv split name; ci_low/ci_high are exact's interval.
@@ -219,5 +220,6 @@ def csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
 def write_evaluation(ev: Evaluation, metrics_path: str | Path, plots_dir: str | Path) -> None:
     """eval.json (flat, sorted keys) and `<plots_dir>/{win_rate,composition}.csv`, each written atomically."""
     write_json(metrics_path, {k: round(float(v), 6) for k, v in sorted(ev.metrics.items())})
-    write_text(Path(plots_dir) / "win_rate.csv", csv_text(ev.win_rows, WIN_COLUMNS))
-    write_text(Path(plots_dir) / "composition.csv", csv_text(ev.composition_rows, COMPOSITION_COLUMNS))
+    win_rate, composition = PLOT_FILES
+    write_text(Path(plots_dir) / win_rate, csv_text(ev.win_rows, WIN_COLUMNS))
+    write_text(Path(plots_dir) / composition, csv_text(ev.composition_rows, COMPOSITION_COLUMNS))

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import ModelLoadError
 from pipeline.models.base import Text2ImageModel
-from pipeline.models.tiny import MODEL_INDEX, TinyText2Image
+from pipeline.models.tiny import MODEL_INDEX, PARTS, TinyText2Image
 from pipeline.params import Params
 
 
@@ -63,7 +62,9 @@ def load_model(source: str | Path, params: Params | None = None) -> Text2ImageMo
     path = Path(source)
     kind = params.model.kind if params else None
     if path.is_dir() and (path / MODEL_INDEX).is_file():
-        index = json.loads((path / MODEL_INDEX).read_text())
+        from pipeline.models.stable_diffusion import read_model_index
+
+        index = read_model_index(path / MODEL_INDEX)
         kind = index.get("kind", "stable_diffusion" if "_class_name" in index else kind)
     if kind == "stable_diffusion":
         from pipeline.models.stable_diffusion import StableDiffusionModel
@@ -72,6 +73,10 @@ def load_model(source: str | Path, params: Params | None = None) -> Text2ImageMo
             return StableDiffusionModel.load(str(source), params)
     if not path.is_dir():
         raise ModelLoadError(f"{path}: model folder not found (run the stage that writes it, e.g. `dvc repro`)")
+    missing = [part for part in PARTS if not (path / part).is_dir()]
+    if missing:
+        raise ModelLoadError(f"{path / missing[0]}: folder not found; expected a tiny model folder with "
+                             f"{', '.join(p + '/' for p in PARTS)}: re-run the stage that writes it")
     try:
         with _quiet_libraries(logging.CRITICAL, progress_bars=False):  # our own layout
             model = TinyText2Image.from_pretrained(path)
@@ -83,4 +88,19 @@ def load_model(source: str | Path, params: Params | None = None) -> Text2ImageMo
     if model.sample_shape[1] != params.world.resolution:
         raise ModelLoadError(f"{path}: the model was trained at {model.sample_shape[1]} px but "
                              f"'world.resolution' is {params.world.resolution}")
+    check_matches_params(model, path, params)
     return _placed(model, params).eval()
+
+
+def check_matches_params(model: TinyText2Image, path: Path, params: Params) -> None:
+    """A saved tiny model whose shape or noise schedule contradicts params.model was made with other
+    params: sampling or training it under these would silently differ from what they say."""
+    m, unet = params.model, model.unet.config
+    found = {"prediction_type": model.scheduler.config.prediction_type,
+             "beta_schedule": model.scheduler.config.beta_schedule,
+             "channels": tuple(unet.block_out_channels), "text_dim": unet.cross_attention_dim,
+             "text_layers": model.text_encoder.config.num_hidden_layers, "attention_heads": unet.attention_head_dim}
+    for key, value in found.items():
+        if value != getattr(m, key):
+            raise ModelLoadError(f"{path}: the model has {key} {value!r} but 'model.{key}' is {getattr(m, key)!r}; "
+                                 "expected the params it was made with (re-run the stage that writes it)")

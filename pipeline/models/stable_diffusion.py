@@ -90,11 +90,23 @@ def write_base_pointer(directory: str | Path, source: str) -> None:
     (directory / MODEL_INDEX).write_text(json.dumps({"kind": "stable_diffusion", "pretrained": str(source)}, indent=1))
 
 
+def read_model_index(path: Path) -> dict:
+    """A model folder's model_index.json; ModelLoadError naming it when it is not a JSON object."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not valid JSON ({exc}); expected a model folder's index: re-run the "
+                             "stage that writes the model") from None
+    if not isinstance(content, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object (a model folder's index), got {type(content).__name__}")
+    return content
+
+
 def resolve_pointer(source: str) -> str:
     """The hub id or path a pointer folder names; `source` itself for anything else."""
     index = Path(source) / MODEL_INDEX
     if index.is_file():
-        content = json.loads(index.read_text())
+        content = read_model_index(index)
         if "_class_name" not in content and content.get("pretrained"):
             return str(content["pretrained"])
     return source
@@ -130,8 +142,8 @@ class StableDiffusionModel(Text2ImageModel):
         self.mixed_precision = options.mixed_precision
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         if options.resolution is not None and options.resolution % self.vae_scale_factor:
-            raise ValueError(f"model.resolution {options.resolution} is not a multiple of the VAE's downscale "
-                             f"factor {self.vae_scale_factor}")
+            raise ModelLoadError(f"'model.resolution' is {options.resolution}; expected a multiple of the VAE's "
+                                 f"downscale factor {self.vae_scale_factor}")
         self.resolution = options.resolution or unet.config.sample_size * self.vae_scale_factor
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(False)

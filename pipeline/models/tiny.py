@@ -20,6 +20,7 @@ from pipeline.models.base import Text2ImageModel, pixels_to_unit, unit_to_pixels
 from pipeline.models.tokenizer import MAX_LENGTH, build_word_tokenizer
 
 MODEL_INDEX = "model_index.json"
+PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")  # a saved tiny model's subfolders
 KIND = "tiny"
 
 

@@ -11,6 +11,7 @@ from pipeline.report.document import Code, Document, Figure, Heading, Table, Tex
 from pipeline.report.inputs import read_curves, read_metrics
 
 GRID_COLUMNS = 8
+REPORT_HTML = "index.html"  # every report folder holds it (the output guard's mark of one)
 SEEDS_PER_PROMPT = {DIVERSITY: 4}  # grids show several seeds of under-specified prompts, one elsewhere
 
 
@@ -130,5 +131,5 @@ def write_report(doc: Document, out: str | Path) -> None:
     with atomic_path(Path(out), directory=True) as tmp:
         for figure in doc.figures:
             (tmp / figure.name).write_bytes(figure.png)
-        (tmp / "index.html").write_text(to_html(doc))
+        (tmp / REPORT_HTML).write_text(to_html(doc))
         (tmp / "report.md").write_text(to_markdown(doc))

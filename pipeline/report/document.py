@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 
 CSS = """
@@ -93,23 +94,27 @@ def to_html(doc: Document) -> str:
             f"<body><h1>{html.escape(doc.title)}</h1>\n{body}\n</body></html>\n")
 
 
-def _md_cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+def _md_text(value: object) -> str:
+    """Text as Markdown shows it literally: names from files (tasks, runs, prompts) can neither open a
+    link or an image, nor raw HTML, nor break a table row or a line. Brackets alone stay as they are."""
+    text = re.sub(r"([\\`<>|])", r"\\\1", " ".join(str(value).splitlines()))
+    return text.replace("](", "]\\(")
 
 
 def _md_block(block: Block) -> str:
     if isinstance(block, Heading):
-        return f"{'#' * block.level} {block.text}"
+        return f"{'#' * block.level} {_md_text(block.text)}"
     if isinstance(block, Text):
-        return block.text
+        return _md_text(block.text)
     if isinstance(block, Table):
-        lines = ["| " + " | ".join(map(_md_cell, block.headers)) + " |", "|" + "---|" * len(block.headers)]
-        lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in block.rows]
+        lines = ["| " + " | ".join(map(_md_text, block.headers)) + " |", "|" + "---|" * len(block.headers)]
+        lines += ["| " + " | ".join(map(_md_text, row)) + " |" for row in block.rows]
         return "\n".join(lines)
     if isinstance(block, Figure):
-        return f"![{block.caption or block.name}]({block.name})"
-    if isinstance(block, Code):
-        return f"```\n{block.text.rstrip()}\n```"
+        return f"![{_md_text(block.caption or block.name)}]({block.name})"
+    if isinstance(block, Code):  # a fence longer than any run of backticks inside
+        fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", block.text)), default=0))
+        return f"{fence}\n{block.text.rstrip()}\n{fence}"
     raise TypeError(f"unknown block {block!r}")
 
 

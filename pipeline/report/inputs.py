@@ -5,11 +5,13 @@ Every input but eval.json is optional: a missing one is reported in the page, no
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 
 from pipeline.errors import DataFileError
+from pipeline.io import read_text
 from pipeline.keys import flatten
 
 EVAL_FILE = "eval.json"
@@ -22,11 +24,18 @@ def read_metrics(path: str | Path, required: bool = False) -> dict[str, float] |
         if required:
             raise DataFileError(f"{path}: metrics file not found (run `dvc repro evaluate` first)")
         return None
+    return numeric(flatten(read_json_object(path, "a metrics JSON object")))
+
+
+def read_json_object(path: Path, what: str, lists: bool = False) -> dict | list:
+    """A JSON file holding an object (or, with `lists`, a list); DataFileError naming the file otherwise."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path, what))
     except json.JSONDecodeError as exc:
-        raise DataFileError(f"{path}: not valid JSON: {exc.msg}") from None
-    return numeric(flatten(data))
+        raise DataFileError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); expected {what}") from None
+    if not isinstance(data, (dict, list) if lists else dict):
+        raise DataFileError(f"{path}: holds a JSON {type(data).__name__}; expected {what}")
+    return data
 
 
 def numeric(flat: dict) -> dict[str, float]:
@@ -46,8 +55,7 @@ def read_curves(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = list(csv.DictReader(io.StringIO(read_text(path, "finetune's train.csv"), newline="")))
     return [{k: (math.nan if v in ("", None) else _number(v)) if k != "task" else v for k, v in row.items()}
             for row in rows]
 
@@ -83,7 +91,7 @@ def read_runs(specs: list[str]) -> list[tuple[str, dict[str, float]]]:
         path = Path(path)
         if not path.is_file():
             raise DataFileError(f"{path}: runs file not found")
-        data = json.loads(path.read_text())
+        data = read_json_object(path, "an eval.json or `dvc exp show --json` output", lists=True)
         if isinstance(data, list):
             found: list[tuple[str, dict]] = []
             _dvc_exp_runs(data, found)

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from pipeline.world.attributes import group_indices, statistical_parity
-from pipeline.errors import RewardLoadError
+from pipeline.errors import RewardLoadError, RewardOptionError
 from pipeline.rewards.registry import Reward, RewardContext, check_batch, numpy_images
 
 DEFAULT_CLIP_PREFERENCE = "yuvalkirstain/PickScore_v1"
@@ -156,7 +156,8 @@ class ClipParityReward(_ClipBase):
                  device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE, template: str = "{}"):
         classes = list(classes or [])
         if len(classes) < 2:
-            raise ValueError(f"clip_parity needs options['classes'], a list of at least 2 text labels; got {classes}")
+            raise RewardOptionError(f"clip_parity needs options['classes'], a list of at least 2 text labels; "
+                                    f"got {classes}")
         super().__init__(model_source, processor_source, device, batch_size)
         self.classes = classes
         self.class_embeds = self.text_embeds([template.format(c) for c in classes])

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pipeline.errors import RewardOptionError
 from pipeline.rewards.registry import Reward, RewardContext, check_batch, numpy_images
 from pipeline.world.attributes import spec_of
 from pipeline.world.detect import claim_score, detect, exact_match, object_area_fraction
@@ -24,7 +25,7 @@ from pipeline.world.scene import PromptSpec
 def _bool_option(context: RewardContext, key: str, reward: str) -> bool:
     value = context.option(key, False)
     if not isinstance(value, bool):
-        raise ValueError(f"reward option {key!r} of reward {reward!r} must be true or false, got {value!r}")
+        raise RewardOptionError(f"reward option {key!r} of reward {reward!r} must be true or false, got {value!r}")
     return value
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.errors import RewardOptionError
 from pipeline.rewards.registry import Reward, RewardContext, check_batch
 from pipeline.world.attributes import (ATTRIBUTE_CLASSES, group_indices, open_attribute, read_attribute, spec_of,
                                        statistical_parity)
@@ -31,7 +32,7 @@ class DiversityReward(Reward):
 
     def __init__(self, attribute: str = "colour"):
         if attribute not in ATTRIBUTE_CLASSES:
-            raise ValueError(f"diversity attribute must be one of {tuple(ATTRIBUTE_CLASSES)}, got {attribute!r}")
+            raise RewardOptionError(f"diversity attribute must be one of {tuple(ATTRIBUTE_CLASSES)}, got {attribute!r}")
         self.attribute = attribute
 
     @classmethod

@@ -159,11 +159,25 @@ class PreferenceModel(nn.Module):
                 f"no preference reward model in {str(directory)!r} (expected {CONFIG_NAME} and {WEIGHTS_NAME}); "
                 "run `dvc repro reward_model` to train it"
             )
-        config = json.loads(config_path.read_text())
-        if config.get("kind") != KIND:
-            raise RewardLoadError(f"{config_path}: not a shapes preference model (kind {config.get('kind')!r})")
-        model = cls(config["vocab"], config["channels"], config["embed_dim"], config["hidden"], config["match_dim"])
-        model.load_state_dict(load_file(str(weights_path)))
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RewardLoadError(f"{config_path}: not valid JSON ({exc}); expected the reward_model stage's "
+                                  "config: re-run `dvc repro reward_model`") from None
+        if not isinstance(config, dict) or config.get("kind") != KIND:
+            kind = config.get("kind") if isinstance(config, dict) else None
+            raise RewardLoadError(f"{config_path}: not a shapes preference model (kind {kind!r}, expected {KIND!r})")
+        try:
+            model = cls(config["vocab"], config["channels"], config["embed_dim"], config["hidden"], config["match_dim"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RewardLoadError(f"{config_path}: unusable preference model config ({type(exc).__name__}: {exc}); "
+                                  "re-run `dvc repro reward_model`") from None
+        try:
+            model.load_state_dict(load_file(str(weights_path)))
+        except Exception as exc:  # truncated file, foreign tensors
+            raise RewardLoadError(f"{weights_path}: cannot load the reward model's weights ({type(exc).__name__}: "
+                                  f"{str(exc)[:200]}); expected the reward_model stage's output: re-run "
+                                  "`dvc repro reward_model`") from None
         return model.to(device).eval()
 
 

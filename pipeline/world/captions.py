@@ -1,10 +1,12 @@
 """The caption grammar: specs to captions, captions to specs, and training captions for scenes."""
 from __future__ import annotations
 
+import difflib
+
 import numpy as np
 
 from .scene import ObjectSpec, PromptSpec, Scene
-from .vocab import ARTICLE, COLOURS, CONJUNCTION, GENERIC_SHAPE, RELATIONS, SHAPES, SIZES
+from .vocab import ARTICLE, COLOURS, CONJUNCTION, GENERIC_SHAPE, RELATIONS, SHAPES, SIZES, vocabulary
 
 SIZE_PROB = 0.3  # a training caption names the sizes
 DROP_PROB = 0.15  # a single-object training caption drops its colour (and, separately, its shape)
@@ -75,3 +77,36 @@ def caption_scene(scene: Scene, rng: np.random.Generator) -> str:
         u = rng.random()
         drop |= {"colour"} if u < DROP_PROB else {"shape"} if u < 2 * DROP_PROB else set()
     return caption_for_spec(PromptSpec.from_scene(scene, drop))
+
+
+def record_problem(row: dict) -> str | None:
+    """What is wrong with a prompt record ({"prompt", optional "spec"}) of the shapes world, or None: a
+    word outside the vocabulary (the tiny tokenizer would read it as unknown), more words than any
+    caption has (the tokenizer would cut it), text the grammar cannot parse, a malformed spec, or text
+    that claims something other than its spec (rewards and evaluation read the spec)."""
+    prompt = row["prompt"]
+    if not isinstance(prompt, str):
+        return f"'prompt' is {prompt!r}; expected a caption (text)"
+    words, known = prompt.lower().split(), vocabulary()
+    unknown = [w for w in words if w not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return (f"prompt {prompt!r}: word {unknown[0]!r} is not in the vocabulary{hint}; expected words of: "
+                f"{', '.join(known)}")
+    longest = len(caption_for_spec(PromptSpec((ObjectSpec("red", "circle", "small"),) * 2, RELATIONS[0])).split())
+    if len(words) > longest:
+        return f"prompt {prompt!r} has {len(words)} words; expected at most {longest}, the longest caption"
+    try:
+        claimed = parse_caption(prompt)
+    except ValueError as exc:
+        return f"{exc}; expected a caption of the shapes world, e.g. 'a red circle left of a blue square'"
+    if row.get("spec") is None:
+        return None
+    try:
+        spec = PromptSpec.from_dict(row["spec"])
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        return f"'spec' is not a prompt spec ({exc}); expected {{'objects': [...], 'relation': ...}}"
+    if spec != claimed:
+        return f"prompt {prompt!r} disagrees with its spec, which reads {caption_for_spec(spec)!r}"
+    return None
