@@ -1,16 +1,20 @@
 """Training checkpoints: everything needed to resume bitwise (weights, optimiser, EMA, RNG states).
 
 Written atomically under a folder that DVC does not delete between runs, named by a run key
-(`run_key`) that covers everything that shapes the run; the newest readable one wins, and a
-corrupt newest one fails with a clear error rather than silently restarting.
+(`run_key`) that covers everything that shapes the run. They hold tensors and plain containers
+only and load with `torch.load(weights_only=True)`, so a planted file cannot run code. The newest
+usable one wins; an unusable one falls back to the next older with a warning, and when none is
+usable the run fails naming the file rather than silently restarting.
 """
 from __future__ import annotations
 
 import hashlib
 import random
 import re
+import shutil
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,6 +26,9 @@ from pipeline.keys import params_hash
 from pipeline.params import Params
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
+_TEMPORARY = re.compile(r"^\.step-\d+\.pt\.")  # atomic_path's temporary sibling of a checkpoint
+_META = "checkpoint"  # the key that says what a checkpoint is: {"kind", "step", "format"}
+FORMAT = 2  # 1: pickled objects (loaded with weights_only=False); 2: tensors and plain containers
 
 
 def run_key(name: str, params: Params, *parts) -> str:
@@ -49,13 +56,18 @@ def folder_fingerprint(source: str | Path, max_bytes: int = 200_000_000) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNGs' states as plain containers and tensors (what `torch.load(weights_only=True)` reads)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position,
+                                                      has_gauss, cached], "python": random.getstate()}
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
@@ -66,29 +78,86 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kind: str, keep: int = 2) -> Path:
+    """Write `state` (tensors and plain containers only) as checkpoint `step` of a `kind` run; keep the
+    newest `keep` (params `checkpoint_keep`)."""
     directory = Path(directory)
     path = directory / f"step-{step:06d}.pt"
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({_META: {"kind": kind, "step": step, "format": FORMAT}, **state}, tmp)
     for _, old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
     return path
 
 
-def load_latest(directory: str | Path) -> tuple[int, dict[str, Any]] | None:
-    """The newest checkpoint, or None when there is none."""
+def resume(directory: str | Path, kind: str, restore: Callable[[dict[str, Any]], None]) -> int:
+    """Restore the newest usable checkpoint of a `kind` run with `restore(state)`; return its step, or 0
+    when there is none. Checkpoints load with `weights_only=True`: tensors and plain containers only, never
+    code. One that cannot be read, is of another kind or step than its name says, or that `restore`
+    rejects, is passed over for the next older one (with a warning once one is usable); if none is,
+    CheckpointError names the newest. Temporary files of interrupted checkpoint writes are removed first."""
+    directory = Path(directory)
+    check_folder(directory)
+    remove_stale_temporaries(directory)
     found = list_checkpoints(directory)
-    if not found:
-        return None
-    step, path = found[-1]
-    try:
-        return step, torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or foreign file
-        raise CheckpointError(
-            f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc}); delete it to resume from an older one "
-            f"or delete {Path(directory)} to start over"
-        ) from None
+    problems = []
+    for step, path in reversed(found):
+        try:
+            state = _read(path, kind, step)
+        except CheckpointError as exc:
+            problems.append(f"{path}: unusable checkpoint: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 (truncated, foreign or code-carrying file)
+            problems.append(f"{path}: corrupt checkpoint ({_reason(exc)})")
+            continue
+        try:
+            restore(state)
+        except Exception as exc:  # noqa: BLE001 (shapes or keys of another model)
+            problems.append(f"{path}: checkpoint does not fit this run ({_reason(exc)})")
+            continue
+        if problems:
+            warnings.warn(f"{'; '.join(problems)}; resumed from the older {path}", RuntimeWarning, stacklevel=2)
+        return step
+    if problems:
+        raise CheckpointError(f"{problems[0]}; no checkpoint in {directory} is usable: delete it to resume from an "
+                              f"older one, or delete {directory} to start over")
+    return 0
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def _read(path: Path, kind: str, step: int) -> dict[str, Any]:
+    """A checkpoint's state, checked to be of `kind` and `step`; any failure raises."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    meta = state.get(_META) if isinstance(state, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"not a checkpoint of this pipeline (format {FORMAT}); expected one that "
+                              "pipeline/checkpoints.py wrote")
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"a {meta.get('kind')!r} checkpoint; expected a {kind!r} one")
+    if meta.get("step") != step:
+        raise CheckpointError(f"holds step {meta.get('step')} but its name says step {step}")
+    return state
+
+
+def check_folder(directory: Path) -> None:
+    """A checkpoint folder (and the folders above it) must be folders where they exist."""
+    for folder in (directory, *directory.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise CheckpointError(f"{folder}: is a file; expected a checkpoint folder (delete it, or pass "
+                                      "another --checkpoints)")
+            return
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """The hidden temporary folders (`pipeline.io.atomic_path`) of checkpoint writes that were killed."""
+    if directory.is_dir():
+        for path in directory.iterdir():
+            if path.is_dir() and _TEMPORARY.match(path.name):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def clear_checkpoints(directory: str | Path) -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm.auto import tqdm
 
-from pipeline.checkpoints import load_latest, restore_rng_state, rng_state, save_checkpoint
+from pipeline.checkpoints import restore_rng_state, resume, rng_state, save_checkpoint
 from pipeline.models.base import Text2ImageModel
 from pipeline.world.realism import Realism
 from pipeline.world.stream import SceneStream
@@ -98,7 +98,7 @@ class PretrainResult:
 
 def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_size: int, lr: float,
              warmup_steps: int, weight_decay: float, ema_decay: float, caption_dropout: float, seed: int,
-             checkpoint_dir=None, checkpoint_every: int = 500, log_every: int = 50,
+             checkpoint_dir=None, checkpoint_every: int = 500, checkpoint_keep: int = 2, log_every: int = 50,
              log_fn=None, progress: bool = True, max_seconds: float | None = None) -> PretrainResult:
     """Train every parameter of `model` on the scene stream; resumes from `checkpoint_dir` if present.
 
@@ -110,21 +110,23 @@ def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_s
     schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
     ema = ParameterEMA(model, ema_decay) if ema_decay > 0 else None
     generator = torch.Generator().manual_seed(seed)
-    result, start = PretrainResult(model=model), 0
-    running, earlier_seconds = [], 0.0  # losses since the last log line; wall time of earlier launches
-    resumed = load_latest(checkpoint_dir) if checkpoint_dir else None
-    if resumed:
-        start, state = resumed
+    result = PretrainResult(model=model)
+    carried = {"running": [], "seconds": 0.0}  # losses since the last log line; wall time of earlier launches
+
+    def restore(state: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         stream.load_state_dict(state["stream"])
         generator.set_state(state["generator"])
         restore_rng_state(state["rng"])
-        result.losses = state["losses"]
-        running, earlier_seconds = state.get("running", []), state.get("seconds", 0.0)
+        result.losses = [tuple(pair) for pair in state["losses"]]
+        carried.update(running=list(state.get("running", [])), seconds=state.get("seconds", 0.0))
         if ema:
             ema.load_state_dict(state["ema"])
+
+    start = resume(checkpoint_dir, "pretrain", restore) if checkpoint_dir else 0
+    running, earlier_seconds = carried["running"], carried["seconds"]
     began = time.perf_counter()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="pretrain", disable=not progress)
     for step in bar:
@@ -148,7 +150,7 @@ def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_s
             steps = step + 1
             break
         if checkpoint_dir and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            save_checkpoint(checkpoint_dir, step + 1, {
+            save_checkpoint(checkpoint_dir, step + 1, kind="pretrain", keep=checkpoint_keep, state={
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "stream": stream.state_dict(), "generator": generator.get_state(), "rng": rng_state(),
                 "losses": result.losses, "ema": ema.state_dict() if ema else None,

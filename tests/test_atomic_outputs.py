@@ -193,7 +193,7 @@ def _pretrain_params(tmp_path: Path) -> Path:
 
 
 def test_pretrain_killed_mid_run_leaves_no_output(smoke_workspace, tmp_path):
-    from pipeline.checkpoints import list_checkpoints, load_latest
+    from pipeline.checkpoints import list_checkpoints, resume
 
     params = _pretrain_params(tmp_path)
     outputs = tmp_path / "data"
@@ -224,8 +224,9 @@ def test_pretrain_killed_mid_run_leaves_no_output(smoke_workspace, tmp_path):
     # visible one loads, so a re-run resumes from it.
     (folder,) = checkpoints.glob("pretrain-*")
     assert all(p.name.startswith(("step-", ".step-")) for p in folder.iterdir())
-    step, state = load_latest(folder)
-    assert step >= 2 and state
+    states = []
+    step = resume(folder, "pretrain", states.append)
+    assert step >= 2 and states[0]["model"]
 
 
 # -- (c) guard: stage code writes declared outputs only through atomic helpers ---------------------

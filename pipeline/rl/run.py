@@ -10,16 +10,17 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.checkpoints import load_latest, save_checkpoint
-from pipeline.errors import ModelLoadError, RewardLoadError
-from pipeline.io import read_jsonl
+from pipeline.checkpoints import resume, save_checkpoint
+from pipeline.errors import DataFileError, ModelLoadError, ParamsError, RewardLoadError, RewardOptionError
+from pipeline.io import read_jsonl, read_text
 from pipeline.models.base import Text2ImageModel
 from pipeline.params import Params
 from pipeline.pretraining import StreamBatches, scene_stream
-from pipeline.prompts import check_no_leak
+from pipeline.prompts import MANIFEST, check_no_leak
 from pipeline.rewards.registry import RewardContext, build_reward
 from pipeline.rl.distributed import Distributed
 from pipeline.rl.trainer import RLTrainer, TaskRuntime
+from pipeline.world.captions import record_problem
 
 PRETRAIN_STREAM_OFFSET = 1_000  # L_pre pairs come from a stream seeded apart from pretraining's
 PROCESS_STREAM_STRIDE = 100_003  # and apart on each process
@@ -31,14 +32,17 @@ def build_tasks(params: Params, prompts_dir: str | Path, reward_model_dir: str |
     for index, task in enumerate(params.rl.tasks):
         context = RewardContext(reward_model_dir=Path(reward_model_dir) if reward_model_dir else None,
                                 device=params.device, options={**(reward_options or {}), **task.reward_options})
-        records = read_jsonl(Path(prompts_dir) / f"{task.prompts}.train.jsonl", required=("prompt",))
+        records = read_jsonl(Path(prompts_dir) / f"{task.prompts}.train.jsonl", required=("prompt",),
+                             check=record_problem)
         if params.prompts.require_disjoint:
             check_train_split(prompts_dir, task.prompts, records)
-        records = without_words(records, task.exclude_words, f"rl.tasks[{index}].exclude_words")
+        records = without_words(records, task.exclude_words, f"'rl.tasks[{index}].exclude_words'")
         try:
             reward = build_reward(task.reward, context)
         except RewardLoadError as exc:
             raise ModelLoadError(f"'rl.tasks[{index}].reward' ({task.reward!r}): {exc}") from None
+        except RewardOptionError as exc:
+            raise ParamsError(f"'rl.tasks[{index}].reward_options': {exc}") from None
         tasks.append(TaskRuntime(task, reward, records))
     return tasks
 
@@ -47,25 +51,31 @@ def without_words(records: list[dict], words: list[str], key: str) -> list[dict]
     """The records whose prompt contains none of `words` (whole words, any case)."""
     if not words:
         return records
-    banned = set(words)
-    kept = [r for r in records if banned.isdisjoint(re.findall(r"\w+", r["prompt"].lower()))]
+    found = [set(re.findall(r"\w+", r["prompt"].lower())) for r in records]
+    unused = [w for w in words if not any(w in f for f in found)]
+    if unused:
+        raise ParamsError(f"{key}: {unused[0]!r} is in none of the task's {len(records)} train prompts, so it "
+                          "excludes nothing; expected a word of them")
+    kept = [r for r, f in zip(records, found) if f.isdisjoint(words)]
     if not kept:
-        raise ValueError(f"'{key}' ({words}) leaves none of the task's {len(records)} train prompts")
+        raise ParamsError(f"{key} ({words}) leaves none of the task's {len(records)} train prompts; expected "
+                          "words that leave some")
     return kept
 
 
 def check_train_split(prompts_dir: str | Path, corpus: str, train: list[dict]) -> None:
     """Refuse train prompts that are also in `<corpus>.eval.jsonl` when the folder's manifest.json
     (written by the `prompts` stage) promises that corpus a held-out split."""
-    manifest = Path(prompts_dir) / "manifest.json"
+    manifest = Path(prompts_dir) / MANIFEST
     if not manifest.is_file():
-        return
+        raise DataFileError(f"{manifest}: file not found; expected the prompts stage's manifest, which says which "
+                            "corpora hold eval prompts out (or set prompts.require_disjoint: false)")
     try:
-        disjoint = json.loads(manifest.read_text()).get(corpus, {}).get("disjoint", False)
+        disjoint = json.loads(read_text(manifest, "JSON")).get(corpus, {}).get("disjoint", False)
     except (json.JSONDecodeError, AttributeError):
-        raise ValueError(f"{manifest}: expected the prompts stage's manifest (a JSON object per corpus)") from None
+        raise DataFileError(f"{manifest}: expected the prompts stage's manifest (a JSON object per corpus)") from None
     if disjoint:
-        held_out = read_jsonl(Path(prompts_dir) / f"{corpus}.eval.jsonl", required=("prompt",))
+        held_out = read_jsonl(Path(prompts_dir) / f"{corpus}.eval.jsonl", required=("prompt",), check=record_problem)
         check_no_leak(train, held_out, str(Path(prompts_dir) / f"{corpus}.train.jsonl"))
 
 
@@ -84,15 +94,13 @@ def build_trainer(model: Text2ImageModel, params: Params, tasks: list[TaskRuntim
 
 
 def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None, checkpoint_every: int,
-          max_minutes: float | None = None, log_fn: Callable[[dict, int], None] | None = None,
+          checkpoint_keep: int = 2, max_minutes: float | None = None, log_fn: Callable[[dict, int], None] | None = None,
           progress: bool = True, stop_after: int | None = None) -> dict:
     """Run until `iterations` (resuming from the newest checkpoint); returns timing and stop reason.
     `seconds` and `max_minutes` count the iterations of every launch, not only this one's."""
     if checkpoint_dir and trainer.dist.num_processes > 1:  # every process resumes its own RNG streams
         checkpoint_dir = Path(checkpoint_dir) / f"process-{trainer.dist.process_index}"
-    resumed = load_latest(checkpoint_dir) if checkpoint_dir else None
-    if resumed:
-        trainer.load_state_dict(resumed[1])
+    resumed = resume(checkpoint_dir, "finetune", trainer.load_state_dict) if checkpoint_dir else 0
     reason = "iterations"
     bar = tqdm(total=iterations, initial=trainer.state.iteration, desc="finetune",
                disable=not progress or not trainer.dist.is_main)
@@ -108,7 +116,7 @@ def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None
                         if isinstance(v, (int, float)) and k not in ("iteration",)}, row["iteration"])
         done = trainer.state.iteration
         if checkpoint_dir and (done % checkpoint_every == 0) and done < iterations:
-            save_checkpoint(checkpoint_dir, done, trainer.state_dict())
+            save_checkpoint(checkpoint_dir, done, trainer.state_dict(), kind="finetune", keep=checkpoint_keep)
         if stop_after is not None and done >= stop_after:
             reason = "stop_after"
             break
@@ -116,7 +124,7 @@ def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None
             reason = "max_minutes"
             break
     bar.close()
-    return {"seconds": trainer.state.seconds, "stopped_by": reason, "resumed_from": resumed[0] if resumed else 0}
+    return {"seconds": trainer.state.seconds, "stopped_by": reason, "resumed_from": resumed}
 
 
 def _all_agree(trainer: RLTrainer, flag: bool) -> bool:

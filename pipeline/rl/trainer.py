@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
+from pipeline.errors import ParamsError
 from pipeline.models.base import Text2ImageModel
 from pipeline.params import RLParams, SamplingParams, TaskParams
 from pipeline.pretraining import TRAIN_PASS_COST, ParameterEMA, pretraining_loss
@@ -60,16 +61,16 @@ class RLTrainer:
         # branch, which the guided RL gradient reaches with weight 1 - guidance, is regularised too
         for index, task in enumerate(tasks):
             if task.reward.distribution_level and task.params.advantage == "group":
-                raise ValueError(f"rl.tasks[{index}].advantage is 'group' but reward {task.params.reward!r} is "
-                                 "distribution-level (every sample of a prompt gets the same reward, so group "
-                                 "advantages are all zero); use advantage: batch")
+                raise ParamsError(f"rl.tasks[{index}].advantage is 'group' but reward {task.params.reward!r} is "
+                                  "distribution-level (every sample of a prompt gets the same reward, so group "
+                                  "advantages are all zero); use advantage: batch")
             groups = task.params.prompts_per_iteration * self.dist.num_processes
             if task.reward.distribution_level and groups < 2:
-                raise ValueError(f"rl.tasks[{index}] ({task.params.name}): reward {task.params.reward!r} is "
-                                 f"distribution-level, so each prompt group gets one reward, and a batch of "
-                                 f"{groups} group (prompts_per_iteration {task.params.prompts_per_iteration} x "
-                                 f"{self.dist.num_processes} process(es)) normalises to all-zero advantages; "
-                                 "raise prompts_per_iteration to at least 2")
+                raise ParamsError(f"rl.tasks[{index}] ({task.params.name}): reward {task.params.reward!r} is "
+                                  f"distribution-level, so each prompt group gets one reward, and a batch of "
+                                  f"{groups} group (prompts_per_iteration {task.params.prompts_per_iteration} x "
+                                  f"{self.dist.num_processes} process(es)) normalises to all-zero advantages; "
+                                  "raise prompts_per_iteration to at least 2")
         self.parameters = model.trainable_unet_parameters()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=rl.lr, betas=(rl.adam_beta1, rl.adam_beta2),
                                            eps=rl.adam_eps, weight_decay=rl.weight_decay)
@@ -267,7 +268,7 @@ class RLTrainer:
         return {"unet": self.model.unet.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
                 "rng": self.rng.bit_generator.state, "generator": self.generator.get_state(),
-                "global_rng": rng_state(), "state": self.state,
+                "global_rng": rng_state(), "state": asdict(self.state),
                 "pretrain_batches": getattr(self.pretrain_batches, "state_dict", lambda: None)()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -281,7 +282,7 @@ class RLTrainer:
         self.rng.bit_generator.state = state["rng"]
         self.generator.set_state(state["generator"])
         restore_rng_state(state["global_rng"])
-        self.state = state["state"]
+        self.state = TrainerState(**state["state"])
         if state.get("pretrain_batches") is not None:
             self.pretrain_batches.load_state_dict(state["pretrain_batches"])
 
