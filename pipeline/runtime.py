@@ -16,7 +16,21 @@ def configure(seed: int, threads: int) -> None:
     torch.manual_seed(seed)
 
 
+def device_problem(name: str) -> str | None:
+    """Why `name` (params 'device', already of the form cpu, cuda, cuda:N or mps) cannot be used here, or None."""
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"'device' is {name!r} but CUDA is not available on this machine; expected 'cpu'"
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            return f"'device' is {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if name == "mps" and not torch.backends.mps.is_available():
+        return "'device' is 'mps' but MPS is not available on this machine; expected 'cpu'"
+    return None
+
+
 def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"params 'device' is {name!r} but CUDA is not available on this machine; use 'cpu'")
+    problem = device_problem(name)
+    if problem:
+        raise RuntimeError(f"params {problem}")
     return torch.device(name)

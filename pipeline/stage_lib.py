@@ -11,9 +11,13 @@ from pipeline.params import Params
 from pipeline.world.scene import PromptSpec
 
 
-def evaluate_accuracy(model: Text2ImageModel, prompts_dir: str | Path, params: Params,
+def accuracy_rows(prompts_dir: str | Path, params: Params) -> list[dict]:
+    """The single and composition eval prompts x `sampling.seeds` (read before training: a bad file fails first)."""
+    return eval_rows(prompts_dir, params, tasks=SPECIFIED_CORPORA)
+
+
+def evaluate_accuracy(model: Text2ImageModel, rows: list[dict], params: Params,
                       progress: bool = True) -> dict[str, float]:
-    """Detector accuracy on the single and composition eval prompts x `sampling.seeds`."""
-    rows = eval_rows(prompts_dir, params, tasks=SPECIFIED_CORPORA)
+    """Detector accuracy on `rows` (`accuracy_rows`)."""
     images = sample_rows(model, rows, params, progress=progress)
     return spec_accuracy(images.numpy(), [PromptSpec.from_dict(r["spec"]) for r in rows])

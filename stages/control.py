@@ -28,12 +28,13 @@ def read_budget(path: str | Path, wall_time: bool = False) -> dict:
     import json
 
     from pipeline.errors import DataFileError
+    from pipeline.io import read_text
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: finetune's budget file not found (run `dvc repro finetune`)")
+        raise DataFileError(f"{path}: finetune's budget file not found (run `dvc repro finetune`)")
     try:
-        budget = json.loads(path.read_text())
+        budget = json.loads(read_text(path, "finetune's budget.json"))
     except json.JSONDecodeError as exc:
         raise DataFileError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); expected finetune's budget.json") \
             from None
@@ -43,6 +44,9 @@ def read_budget(path: str | Path, wall_time: bool = False) -> dict:
             hint = " (finetune writes it when control.budget is wall_time)" if key == "seconds" else ""
             raise DataFileError(f"{path}: expected a number under '{key}' (finetune's budget.json), got {value!r}"
                                 f"{hint}; re-run `dvc repro finetune`")
+        if value <= 0 or (key == "unet_passes" and not isinstance(value, int)):  # 0 or 0.5 would run one step
+            raise DataFileError(f"{path}: '{key}' is {value!r}; expected a positive {'whole ' * (key != 'seconds')}"
+                                "number (finetune's budget.json): re-run `dvc repro finetune`")
     return budget
 
 
@@ -59,8 +63,15 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.checkpoints import folder_fingerprint, run_key
         from pipeline.io import atomic_path, write_json
         from pipeline.models.loading import load_model
+        from pipeline.models.tiny import MODEL_INDEX
+        from pipeline.outputs import Output, check_outputs
         from pipeline.pretraining import TRAIN_PASS_COST, pretrain, scene_stream
         from pipeline.tracking import StageRun
+
+        check_outputs("control", [Output("--out", args.out, folder=True, marker=MODEL_INDEX),
+                                  Output("--metrics", args.metrics)],
+                      {"--params": args.params, "--base": args.base, "--budget": args.budget,
+                       "--checkpoints": args.checkpoints})
 
         wall = params.control.budget == "wall_time"
         budget = read_budget(args.budget, wall_time=wall)
@@ -75,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
                               warmup_steps=0, weight_decay=pt.weight_decay, ema_decay=pt.ema_decay,
                               caption_dropout=pt.caption_dropout, seed=params.seed + CONTROL_STREAM_OFFSET,
                               checkpoint_dir=None if wall else Path(args.checkpoints) / key,
-                              checkpoint_every=pt.checkpoint_every, log_every=pt.log_every, log_fn=run.log_metrics,
+                              checkpoint_every=pt.checkpoint_every, checkpoint_keep=params.checkpoint_keep,
+                              log_every=pt.log_every, log_fn=run.log_metrics,
                               progress=not args.no_progress, max_seconds=budget["seconds"] if wall else None)
             with atomic_path(Path(args.out), directory=True) as tmp:
                 result.model.save_pretrained(tmp)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages._cli import parser, run_main
+from stages._cli import parser, positive_int, run_main
 
 
 class _Untracked:
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plots", default="data/plots/train.csv")
     p.add_argument("--budget", default="data/metrics/budget.json")
     p.add_argument("--checkpoints", default="checkpoints")
-    p.add_argument("--stop-after", type=int, default=None, help="stop after this many iterations (testing resume)")
+    p.add_argument("--stop-after", type=positive_int, default=None,
+                   help="stop after this many iterations (testing resume)")
     args = p.parse_args(argv)
 
     def body(params) -> None:
@@ -46,9 +47,17 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.checkpoints import folder_fingerprint, run_key
         from pipeline.io import atomic_path, write_json, write_text
         from pipeline.models.loading import load_model
+        from pipeline.models.tiny import MODEL_INDEX
+        from pipeline.outputs import Output, check_outputs
         from pipeline.rl.distributed import setup_distributed
         from pipeline.rl.run import build_tasks, build_trainer, summarise, train
         from pipeline.tracking import StageRun
+
+        check_outputs("finetune", [Output("--out", args.out, folder=True, marker=MODEL_INDEX),
+                                   Output("--metrics", args.metrics), Output("--plots", args.plots),
+                                   Output("--budget", args.budget)],
+                      {"--params": args.params, "--base": args.base, "--prompts": args.prompts,
+                       "--reward-model": args.reward_model, "--checkpoints": args.checkpoints})
 
         tasks = build_tasks(params, args.prompts, args.reward_model)
         model = load_model(args.base, params)
@@ -59,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         with tracker as run:
             trainer = build_trainer(model, params, tasks, dist=dist)
             timing = train(trainer, params.rl.iterations, Path(args.checkpoints) / key, params.rl.checkpoint_every,
-                           max_minutes=params.rl.max_minutes, log_fn=run.log_metrics,
+                           checkpoint_keep=params.checkpoint_keep, max_minutes=params.rl.max_minutes,
+                           log_fn=run.log_metrics,
                            progress=not args.no_progress, stop_after=args.stop_after)
             if timing["stopped_by"] == "stop_after":
                 print(f"finetune: stopped after iteration {trainer.state.iteration} as asked; outputs not written")

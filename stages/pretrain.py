@@ -23,9 +23,15 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.checkpoints import run_key
         from pipeline.io import atomic_path, write_json
         from pipeline.models.loading import new_tiny_model
+        from pipeline.models.tiny import MODEL_INDEX
+        from pipeline.outputs import Output, check_outputs
         from pipeline.pretraining import pretrain, scene_stream
-        from pipeline.stage_lib import evaluate_accuracy
+        from pipeline.stage_lib import accuracy_rows, evaluate_accuracy
         from pipeline.tracking import StageRun
+
+        check_outputs("pretrain", [Output("--out", args.out, folder=True, marker=MODEL_INDEX),
+                                   Output("--metrics", args.metrics)],
+                      {"--params": args.params, "--prompts": args.prompts, "--checkpoints": args.checkpoints})
 
         if params.model.kind == "stable_diffusion":  # the base is the configured hub id or folder
             from pipeline.models.stable_diffusion import write_base_pointer
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"pretrain: base is {params.model.pretrained} (pointer in {args.out})")
             return
         pt = params.pretrain
+        rows = accuracy_rows(args.prompts, params)
         key = run_key("pretrain", params, params.world, params.model, pt)
         with StageRun("pretrain", params.model_dump(mode="json")) as run:
             model = new_tiny_model(params)
@@ -44,8 +51,9 @@ def main(argv: list[str] | None = None) -> None:
                               warmup_steps=pt.warmup_steps, weight_decay=pt.weight_decay, ema_decay=pt.ema_decay,
                               caption_dropout=pt.caption_dropout, seed=params.seed,
                               checkpoint_dir=Path(args.checkpoints) / key, checkpoint_every=pt.checkpoint_every,
-                              log_every=pt.log_every, log_fn=run.log_metrics, progress=not args.no_progress)
-            accuracy = evaluate_accuracy(result.model, args.prompts, params, progress=not args.no_progress)
+                              checkpoint_keep=params.checkpoint_keep, log_every=pt.log_every, log_fn=run.log_metrics,
+                              progress=not args.no_progress)
+            accuracy = evaluate_accuracy(result.model, rows, params, progress=not args.no_progress)
             metrics = {"loss": result.losses[-1][1] if result.losses else float("nan"), "steps": result.steps,
                        **accuracy}
             with atomic_path(Path(args.out), directory=True) as tmp:

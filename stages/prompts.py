@@ -14,7 +14,10 @@ def main(argv: list[str] | None = None) -> None:
     def body(params) -> None:
         from pipeline.io import atomic_path, write_json, write_jsonl
         from pipeline.corpora import CORPORA
-        from pipeline.prompts import build_corpus, check_no_leak
+        from pipeline.outputs import Output, check_outputs
+        from pipeline.prompts import MANIFEST, build_corpus, check_no_leak
+
+        check_outputs("prompts", [Output("--out", args.out, folder=True, marker=MANIFEST)], {"--params": args.params})
 
         with atomic_path(Path(args.out), directory=True) as out:
             manifest = {}
@@ -26,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
                 write_jsonl(out / f"{task}.eval.jsonl", corpus.eval)
                 manifest[task] = {"train": len(corpus.train), "eval": len(corpus.eval),
                                   "eval_unseen": sum(r["unseen"] for r in corpus.eval), "disjoint": corpus.disjoint}
-            write_json(out / "manifest.json", manifest)
+            write_json(out / MANIFEST, manifest)
         print(f"prompts: {manifest}")
 
     run_main("prompts", args, body)

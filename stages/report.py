@@ -27,9 +27,15 @@ def main(argv: list[str] | None = None) -> None:
     def body(params) -> None:
         from pathlib import Path
 
+        from pipeline.outputs import Output, check_outputs
         from pipeline.report import build_document, load_inputs, write_report
+        from pipeline.report.build import REPORT_HTML
         from pipeline.report.inputs import read_runs
         from pipeline.tracking import StageRun, git_commit
+
+        check_outputs("report", [Output("--out", args.out, folder=True, marker=REPORT_HTML)],
+                      {"--params": args.params, "--metrics": args.metrics, "--plots": args.plots,
+                       "--samples": args.samples, **{f"--runs {spec}": spec.rpartition("=")[2] for spec in args.runs}})
 
         inputs = load_inputs(args.metrics, args.plots, args.samples)
         inputs.runs = read_runs(args.runs)

@@ -23,10 +23,18 @@ def main(argv: list[str] | None = None) -> None:
 
         from pipeline.io import atomic_path, read_jsonl, write_json
         from pipeline.models.loading import load_model
+        from pipeline.outputs import Output, check_outputs
+        from pipeline.rewards.preference import CONFIG_NAME
         from pipeline.rewards.preference_training import fit_reward_model
         from pipeline.tracking import StageRun
+        from pipeline.world.captions import record_problem
 
-        records = read_jsonl(Path(args.prompts) / "preference.train.jsonl", required=("prompt",))
+        check_outputs("reward_model", [Output("--out", args.out, folder=True, marker=CONFIG_NAME),
+                                       Output("--metrics", args.metrics)],
+                      {"--params": args.params, "--base": args.base, "--prompts": args.prompts})
+
+        records = read_jsonl(Path(args.prompts) / "preference.train.jsonl", required=("prompt",),
+                             check=record_problem)
         model = load_model(args.base, params)
         with StageRun("reward_model", params.model_dump(mode="json")) as run:
             reward, metrics = fit_reward_model(model, records, params.reward_model, params.sampling, params.world,

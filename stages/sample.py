@@ -20,12 +20,15 @@ def main(argv: list[str] | None = None) -> None:
 
         from pipeline.models.loading import load_model
         from pipeline.eval_sets import eval_rows, sample_rows
-        from pipeline.samples import write_samples
+        from pipeline.outputs import Output, check_outputs
+        from pipeline.samples import INDEX, write_samples
         from pipeline.tracking import StageRun
 
+        name = args.name or f"sample_{Path(args.out).name}"
+        check_outputs(name, [Output("--out", args.out, folder=True, marker=INDEX)],
+                      {"--params": args.params, "--model": args.model, "--prompts": args.prompts})
         rows = eval_rows(args.prompts, params)
         model = load_model(args.model, params)
-        name = args.name or f"sample_{Path(args.out).name}"
         with StageRun(name, params.model_dump(mode="json")) as run:
             images = sample_rows(model, rows, params, progress=not args.no_progress)
             write_samples(args.out, rows, images)

@@ -7,8 +7,12 @@ and checks the stage contract of `stages/_cli.py`:
 * `SystemExit` with code 2;
 * stderr is exactly ONE line, starting with `error: stage <name>:`, that contains the file or the
   dotted params key and the expectation;
-* nothing is left under the folder that holds every declared output of that stage (not the
-  output, not a hidden temporary sibling).
+* no training step was taken (an optimiser step fails the case);
+* every file and folder under the case's folder is as it was: the previous outputs seeded at each
+  of the stage's output paths, a checkpoint of an earlier run and the inputs are byte-identical,
+  and nothing new (not an output, not a hidden temporary sibling) is left.
+
+`run_case` is shared with tests/test_bad_inputs_catalogue.py, which holds the rest of the catalogue.
 
 Params cases already covered by `tests/test_config.py` at the `load_params` level are not
 repeated for the same key: unknown key with a typo suggestion (`rl.learning_rate`,
@@ -45,6 +49,8 @@ class Env:
 
     tmp: Path
     ws: Path | None  # the session's smoke workspace (prompts/, base/), read-only
+    monkeypatch: pytest.MonkeyPatch | None = None
+    override: dict[str, str] = field(default_factory=dict)  # command-line options set by the case
     out: Path = field(init=False)
     params: Path = field(init=False)
     prompts: Path | None = None
@@ -92,6 +98,15 @@ class Env:
 
     # -- the stage command line -----------------------------------------------------------------
     def argv(self, stage: str) -> list[str]:
+        argv = self._default_argv(stage)
+        for option, value in self.override.items():
+            if option in argv:
+                argv[argv.index(option) + 1] = value
+            else:
+                argv += [option, value]
+        return argv
+
+    def _default_argv(self, stage: str) -> list[str]:
         o = self.out
         common = ["--params", str(self.params), "--no-progress"]
         return common + {
@@ -123,6 +138,8 @@ class Case:
     expect: tuple[str, ...]  # substrings of the one error line (besides "error: stage <stage>:")
     workspace: bool = False  # needs the smoke prompts and base model
     tracked: bool = False  # fails after the stage's MLflow run has started
+    kind: str = "clear"  # issue 20's kinds: data-loss, silent, unclear, security, leftovers, exit-code;
+    # "clear": one of the bad inputs that already failed clearly before it
 
 
 def _params(mutate: Callable[[dict], None]) -> Callable[[Env], None]:
@@ -201,7 +218,7 @@ def _delete_weights(env: Env) -> None:
 def _hub_id_offline(env: Env) -> None:
     hub_id = "no-such-org/no-such-diffusion-model"
     def to_sd(raw):
-        raw["model"].update(kind="stable_diffusion", pretrained=hub_id)
+        raw["model"] = {"kind": "stable_diffusion", "pretrained": hub_id}  # the tiny model's keys would be refused
         raw["rl"]["pretrain_beta"] = 0.0
 
     env.set_params(to_sd)
@@ -318,10 +335,6 @@ CASES = [
 ]
 
 
-def _leftovers(out: Path) -> list[str]:
-    return sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.exists() else []
-
-
 @pytest.fixture(scope="module")
 def tracking_store(tmp_path_factory):
     """A working MLflow store, created before the stage runs (a new store logs its migrations)."""
@@ -332,16 +345,51 @@ def tracking_store(tmp_path_factory):
     return uri
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_fails_with_one_line_and_no_output(case, tmp_path, capsys, monkeypatch, request):
+# What each stage's previous run left at its output paths (Env.argv), and a checkpoint of an earlier run.
+PREVIOUS_OUTPUTS = {
+    "prompts": ["prompts/manifest.json"], "pretrain": ["base/model_index.json", "pretrain.json"],
+    "sample": ["samples/base/index.jsonl"], "reward_model": ["reward/config.json", "reward_model.json"],
+    "finetune": ["rl/model_index.json", "train.json", "train.csv", "budget.json"],
+    "control": ["control/model_index.json", "control.json"],
+    "evaluate": ["eval.json", "plots/win_rate.csv", "plots/composition.csv"], "report": ["report/index.html"]}
+
+
+def _seed_previous_outputs(env: Env, stage: str) -> None:
+    for relative in PREVIOUS_OUTPUTS[stage]:
+        path = env.out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"a previous run's {relative}\n")
+    earlier = env.checkpoints / "pretrain-of-an-earlier-run"
+    earlier.mkdir(parents=True)
+    (earlier / "step-000003.pt").write_bytes(b"a checkpoint of an earlier run")
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root`: a file's bytes, None for a folder."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def run_case(case: Case, tmp_path: Path, capsys, monkeypatch, request) -> str:
+    """Run one bad input through its stage's `main(argv)` and check the contract (module docstring);
+    returns the error line."""
     import importlib
+
+    import torch
 
     if case.tracked:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", request.getfixturevalue("tracking_store"))
     ws = request.getfixturevalue("smoke_workspace") if case.workspace else None
-    env = Env(tmp_path, ws)
+    env = Env(tmp_path, ws, monkeypatch)
+    _seed_previous_outputs(env, case.stage)
     case.prepare(env)
     stage = importlib.import_module(f"stages.{case.stage}")
+    before = _snapshot(tmp_path)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError(f"{case.id}: a training step was taken before the error")
+
+    for optimizer in (torch.optim.AdamW, torch.optim.Adam):
+        monkeypatch.setattr(optimizer, "step", no_training)
     capsys.readouterr()  # drop whatever preparing printed
 
     with pytest.raises(SystemExit) as info:
@@ -356,7 +404,15 @@ def test_bad_input_fails_with_one_line_and_no_output(case, tmp_path, capsys, mon
     assert "Traceback" not in line
     for fragment in case.expect:
         assert fragment in line, f"{fragment!r} not in {line!r}"
-    assert _leftovers(env.out) == [], f"partial output left behind by {case.stage}"
+    after = _snapshot(tmp_path)
+    assert after.keys() == before.keys(), f"paths added or removed: {sorted(after.keys() ^ before.keys())}"
+    assert [k for k in after if after[k] != before[k]] == [], "a previous output, checkpoint or input changed"
+    return line
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_with_one_line_and_no_output(case, tmp_path, capsys, monkeypatch, request):
+    run_case(case, tmp_path, capsys, monkeypatch, request)
 
 
 def test_catalogue_is_large_and_covers_every_stage():

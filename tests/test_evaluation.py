@@ -75,7 +75,7 @@ def build_reward_model(folder: Path) -> Path:
     return folder
 
 
-def run_evaluate(root: Path, samples: Path, reward: Path, name: str = "eval") -> dict:
+def run_evaluate(root: Path, samples: Path, reward: Path | str, name: str = "eval") -> dict:
     from stages import evaluate
 
     metrics = root / f"{name}.json"
@@ -288,7 +288,7 @@ def test_evaluate_without_reward_model_or_control_omits_those_keys(evaluated):
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        m = run_evaluate(root, partial, root / "no-such-reward", name="partial")
+        m = run_evaluate(root, partial, "", name="partial")  # --reward-model '': no learned judge (a missing folder fails)
     messages = " ".join(str(w.message) for w in caught)
     assert "no reward model" in messages and "control" in messages
     assert "win_rate.rl_vs_base.pooled" in m and "quality.base" in m

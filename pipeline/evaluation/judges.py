@@ -52,19 +52,15 @@ def panel_utility(panel: RaterPanel, images: np.ndarray, specs: Sequence[PromptS
 
 
 def load_learned_judge(folder: str | Path | None):
-    """The learned preference reward from `folder`, or None (with a warning) when it is missing."""
-    from pipeline.errors import RewardLoadError
+    """The learned preference reward from `folder`, or None (with a warning) when no folder is given.
+    A folder that does not hold a readable reward model is an error (RewardLoadError naming it)."""
     from pipeline.rewards.registry import RewardContext, build_reward
 
-    if folder is None or not Path(folder).exists():
-        warnings.warn(f"no reward model at {folder}: learned-judge win rates (win_rate_learned.*, "
-                      "overopt_gap.*) are omitted", RuntimeWarning, stacklevel=2)
+    if folder is None:
+        warnings.warn("no reward model given: learned-judge win rates (win_rate_learned.*, overopt_gap.*) are "
+                      "omitted", RuntimeWarning, stacklevel=2)
         return None
-    try:
-        return build_reward("preference", RewardContext(reward_model_dir=Path(folder)))
-    except RewardLoadError as exc:
-        warnings.warn(f"{exc}; learned-judge win rates are omitted", RuntimeWarning, stacklevel=2)
-        return None
+    return build_reward("preference", RewardContext(reward_model_dir=Path(folder)))
 
 
 def learned_scores(reward, images: np.ndarray, rows: Sequence[dict]) -> np.ndarray:
