@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +26,9 @@ from pipeline import PROJECT_ROOT
 from pipeline import tracking_client as calls
 from pipeline.keys import flatten, params_hash
 from pipeline.tracking_buffer import RunBuffer, main, replay_buffer
+
+
+SIGTERM_EXIT = 128 + signal.SIGTERM  # the status a shell reports for a process SIGTERM ended
 
 
 def git_commit(cwd: Path = PROJECT_ROOT) -> str:
@@ -67,6 +72,7 @@ class StageRun:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "StageRun":
+        self._catch_sigterm()
         self._http = calls.QuickHttp()
         self._http.__enter__()
         self.start_time = _now_ms()
@@ -77,7 +83,7 @@ class StageRun:
                      "dvc_experiment": experiment}
         self.parent_tags = base_tags
         self.tags = {**base_tags, "pipeline.role": "stage", "stage": self.stage,
-                     "params_hash": params_hash(self.params_dump)}
+                     "params_hash": params_hash(self.params_dump), **calls.process_tags()}
         self.params = {k[:250]: str(v)[:6000] for k, v in flatten(self.params_dump).items()}
         try:
             calls.probe(self.uri)
@@ -89,6 +95,10 @@ class StageRun:
             except Exception as exc:
                 warnings.warn(f"MLflow: replaying buffered runs failed ({exc})", RuntimeWarning)
             experiment_id = calls.experiment_id(client, self.uri)
+            try:  # an earlier launch of this stage that was killed left its run RUNNING
+                calls.end_killed_runs(client, experiment_id, self.group, self.stage)
+            except Exception as exc:
+                warnings.warn(f"MLflow: ending killed runs of stage {self.stage} failed ({exc})", RuntimeWarning)
             self.parent_id = calls.parent_run(client, experiment_id, self.group, self.parent_tags)
             run = client.create_run(experiment_id, start_time=self.start_time, run_name=self.stage,
                                     tags={**self.tags, "mlflow.parentRunId": self.parent_id})
@@ -100,7 +110,9 @@ class StageRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        status = "FINISHED" if exc_type is None else "FAILED"
+        killed = exc_type is KeyboardInterrupt or (exc_type is SystemExit and getattr(exc, "code", 0) == SIGTERM_EXIT)
+        status = "FINISHED" if exc_type is None else "KILLED" if killed else "FAILED"
+        self._restore_sigterm()
         end = _now_ms()
         try:
             if self._client is not None:
@@ -118,6 +130,21 @@ class StageRun:
             warnings.warn(f"MLflow: could not finish tracking stage {self.stage}: {err}", RuntimeWarning)
         finally:
             self._http.__exit__(None, None, None)
+
+    def _catch_sigterm(self) -> None:
+        """SIGTERM (a cancelled flow, `kill`) ends the stage through __exit__, which marks its run KILLED;
+        by default Python would die at once and leave the run RUNNING."""
+        self._previous_sigterm = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            def stop(signum, frame):
+                raise SystemExit(SIGTERM_EXIT)
+
+            self._previous_sigterm = signal.signal(signal.SIGTERM, stop)
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
 
     # ---- logging ---------------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:

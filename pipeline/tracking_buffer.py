@@ -71,18 +71,6 @@ def _files_dir(path: Path) -> Path:
     return path.parent / (path.name.split(".")[0] + ".files")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-
-
 def _read_events(path: Path) -> list[dict]:
     events = []
     for line in path.read_text(encoding="utf8").splitlines():
@@ -103,7 +91,7 @@ def pending(uri: str | None = None) -> list[Path]:
             continue
         if not events or events[0].get("event") != "start":
             continue
-        if path.name.endswith(".open.jsonl") and _pid_alive(int(events[0].get("pid") or -1)):
+        if path.name.endswith(".open.jsonl") and calls.pid_alive(int(events[0].get("pid") or -1)):
             continue
         if uri is None or events[0].get("uri") == uri:
             found.append(path)

@@ -8,6 +8,7 @@ seconds, not MLflow's default minutes.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from pipeline import PROJECT_ROOT
@@ -91,6 +92,39 @@ def parent_run(client, experiment_id: str, group: str, tags: dict[str, str]) -> 
     if found:
         return found[0].info.run_id
     return client.create_run(experiment_id, run_name=group, tags={**tags, "pipeline.role": "parent"}).info.run_id
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+
+
+def process_tags() -> dict[str, str]:
+    """Which process a run belongs to, so a later run can tell a killed one from a live one."""
+    return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
+
+
+def end_killed_runs(client, experiment_id: str, group: str, stage: str) -> list[str]:
+    """Mark KILLED the group's runs of `stage` still RUNNING whose process on this machine is gone: a
+    SIGKILL gives a stage no chance to end its run. Runs of other machines and live processes are left."""
+    found = client.search_runs([experiment_id], max_results=100, filter_string=(
+        f"tags.`pipeline.group` = '{group}' and tags.stage = '{stage}' and attributes.status = 'RUNNING'"))
+    ended = []
+    for run in found:
+        tags = run.data.tags
+        if "pipeline.pid" in tags and (tags.get("pipeline.host") != socket.gethostname()
+                                       or pid_alive(int(tags["pipeline.pid"]))):
+            continue
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    return ended
 
 
 def log_params(client, run_id: str, params: dict[str, str]) -> None:

@@ -231,3 +231,48 @@ def test_server_killed_mid_run_or_down_at_start_then_replayed(tracked, mlflow_sr
     assert evaluate.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert len(history(client, evaluate, "judge.loss")) == 5 and evaluate.data.metrics["win_rate.composition"] == 0.6
     assert "eval.json" in {a.path for a in client.list_artifacts(evaluate.info.run_id)}
+
+
+# A stage's run, then the process dies: by SIGKILL (no chance to end the run) or SIGTERM (ends it).
+DIE_IN_A_RUN = """
+import os, signal, sys, time
+from pipeline.tracking import StageRun
+with StageRun("finetune", {"seed": 0}) as run:
+    print(run.run_id, flush=True)
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    time.sleep(30)
+"""
+
+
+def test_runs_of_killed_stages_do_not_stay_running(tmp_path, monkeypatch):
+    """SIGTERM ends the stage through its run (KILLED); a SIGKILLed stage's run is marked KILLED when the
+    stage next starts in the same group, while a live process's run of that stage is left alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PIPELINE_RUN_GROUP", group)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(uri)
+    client.search_experiments()  # create the store first (a new store logs its migrations)
+
+    ids = {}
+    for name in ("SIGTERM", "SIGKILL"):
+        died = subprocess.run([sys.executable, "-c", DIE_IN_A_RUN, name], cwd=Path(__file__).parent.parent,
+                              env=dict(os.environ), capture_output=True, text=True, timeout=120)
+        assert died.returncode in ((143, -signal.SIGTERM) if name == "SIGTERM" else (-signal.SIGKILL,)), died.stderr
+        ids[name] = died.stdout.split()[0]
+    assert client.get_run(ids["SIGTERM"]).info.status == "KILLED"
+    assert client.get_run(ids["SIGKILL"]).info.status == "RUNNING"
+    experiment = client.get_experiment_by_name(tracking_client.EXPERIMENT).experiment_id
+    live = client.create_run(experiment, tags={"pipeline.group": group, "stage": "finetune",
+                                               **tracking_client.process_tags()}).info.run_id
+
+    with StageRun("finetune", {"seed": 0}) as run:
+        assert client.get_run(ids["SIGKILL"]).info.status == "KILLED"
+        assert client.get_run(live).info.status == "RUNNING"
+    assert client.get_run(run.run_id).info.status == "FINISHED"
