@@ -138,7 +138,7 @@ class Case:
     expect: tuple[str, ...]  # substrings of the one error line (besides "error: stage <stage>:")
     workspace: bool = False  # needs the smoke prompts and base model
     tracked: bool = False  # fails after the stage's MLflow run has started
-    kind: str = "clear"  # issue 20's kinds: data-loss, silent, unclear, security, leftovers, exit-code;
+    kind: str = "clear"  # the catalogue's kinds: data-loss, silent, unclear, security, leftovers, exit-code;
     # "clear": one of the bad inputs that already failed clearly before it
 
 

@@ -1,4 +1,4 @@
-"""The catalogue of bad inputs of issue 20, by kind, each through a real stage's `main(argv)` on the
+"""The catalogue of bad inputs (Reliability II), by kind, each through a real stage's `main(argv)` on the
 smoke profile with the contract of tests/test_bad_inputs.py (`run_case`): exit status 2, one line
 naming the file, key or path and what was expected, no training step, and every previous output,
 checkpoint and input byte-identical afterwards.
@@ -281,8 +281,9 @@ CASES = [
       ("--out", "is its input --prompts"), kind="data-loss"),
     C("sample-out-is-its-model", "sample", _override(out=lambda env: env.model),
       ("--out", "is its input --model"), kind="data-loss"),
-    C("sample-out-is-a-foreign-folder", "sample", _both(_file("docs/notes.md"), _override(out=lambda e: e.tmp / "docs")),
-      ("--out", "docs: is a folder this stage did not write (no index.jsonl)", "expected a new or empty folder"),
+    C("sample-out-is-a-foreign-folder", "sample", _both(_file("papers/notes.txt"),
+                                                        _override(out=lambda e: e.tmp / "papers")),
+      ("--out", "papers: is a folder this stage did not write (no index.jsonl)", "expected a new or empty folder"),
       kind="data-loss"),
     C("reward-model-out-is-its-base", "reward_model", _override(out=lambda env: env.model),
       ("--out", "is its input --base"), kind="data-loss"),

@@ -1,5 +1,5 @@
 """Checkpoints load no code, fall back to an older usable one, keep the newest `checkpoint_keep`, clean up
-after interrupted writes, and survive a SIGKILL inside a checkpoint write (issue 20)."""
+after interrupted writes, and survive a SIGKILL inside a checkpoint write."""
 from __future__ import annotations
 
 import io

@@ -218,7 +218,7 @@ def test_real_stages_on_tiny_sd(sd_folder, tmp_path, lora_rank):
     for name, model in (("base", base), ("rl", data / "rl")):
         sample.main([*common, "--model", str(model), "--prompts", str(data / "prompts"),
                      "--out", str(data / "samples" / name), "--name", f"sample_{name}"])
-    evaluate.main([*common, "--samples", str(data / "samples"), "--reward-model", str(data / "no-reward-model"),
+    evaluate.main([*common, "--samples", str(data / "samples"), "--reward-model", "",  # no learned judge
                    "--metrics", str(data / "eval.json"), "--plots", str(data / "plots")])
     metrics = json.loads((data / "eval.json").read_text())
     assert metrics["pairs"] > 0

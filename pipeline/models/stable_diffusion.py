@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ModelLoadError
+from pipeline.errors import ModelLoadError, ParamsError
 from pipeline.models.base import Text2ImageModel, pixels_to_unit, unit_to_pixels
 
 MIXED_PRECISION = ("no", "bf16")
@@ -142,8 +142,8 @@ class StableDiffusionModel(Text2ImageModel):
         self.mixed_precision = options.mixed_precision
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         if options.resolution is not None and options.resolution % self.vae_scale_factor:
-            raise ModelLoadError(f"'model.resolution' is {options.resolution}; expected a multiple of the VAE's "
-                                 f"downscale factor {self.vae_scale_factor}")
+            raise ParamsError(f"'model.resolution' is {options.resolution}; expected a multiple of the VAE's "
+                              f"downscale factor {self.vae_scale_factor}")
         self.resolution = options.resolution or unet.config.sample_size * self.vae_scale_factor
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
