@@ -71,13 +71,30 @@ def parse_params(raw: Any, source: str = "<params>") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     _reject_nan(raw, source, ())
+    threads = raw.get("threads", 1)
+    if threads != "auto" and (type(threads) is not int or not 1 <= threads <= 64):  # one message, not one per union member
+        raise ParamsError(f"{source}: 'threads' is {threads!r}; expected a whole number from 1 to 64 or 'auto' (the "
+                          "cores available)")
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
         raise ParamsError(f"{source}: " + "; ".join(lines)) from None
     check_consistency(params, source)
-    return params
+    return resolve_auto(params)
+
+
+def resolve_auto(params: Params) -> Params:
+    """`threads: auto` and `model.mixed_precision: auto` resolved for this machine, once, so that
+    torch, checkpoint run keys and tracked params all see the same numbers (pipeline/machine.py)."""
+    from pipeline.machine import auto_mixed_precision, auto_threads
+
+    update: dict[str, Any] = {}
+    if params.threads == "auto":
+        update["threads"] = auto_threads()
+    if params.model.mixed_precision == "auto":
+        update["model"] = params.model.model_copy(update={"mixed_precision": auto_mixed_precision(params.device)})
+    return params.model_copy(update=update) if update else params
 
 
 def _reject_nan(node: Any, source: str, loc: tuple[Any, ...]) -> None:

@@ -114,7 +114,7 @@ class ModelParams(_Section):
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     resolution: int | None = Field(None, ge=8)  # Stable Diffusion image size in px; None = the UNet's own
-    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast (CUDA, or a CPU with AVX-512 BF16)
+    mixed_precision: Literal["no", "bf16", "auto"] = "no"  # bf16 autocast (CUDA, AVX-512 BF16); auto: machine.py
     gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
@@ -280,7 +280,7 @@ class EvaluateParams(_Section):
 
 class Params(_Section):
     seed: int = Field(0, ge=0, lt=2**31)  # numpy seeds the legacy global RNG with it (< 2**32, offsets added)
-    threads: int = Field(1, ge=1, le=64)
+    threads: int | Literal["auto"] = 1  # torch threads, 1 to 64 (checked in config.py) or "auto" (machine.py)
     device: str = "cpu"
     checkpoint_keep: int = Field(2, ge=1, le=1000)  # newest checkpoints each run keeps (pipeline/checkpoints.py)
     world: WorldParams = WorldParams()
