@@ -37,7 +37,8 @@ def eval_rows(prompts_dir: str | Path, params: Params, tasks: tuple[str, ...] = 
     return rows
 
 
-def sample_rows(model: Text2ImageModel, rows: list[dict], params: Params, progress: bool = True) -> torch.Tensor:
+def sample_rows(model: Text2ImageModel, rows: list[dict], params: Params, progress: bool = True,
+                label: str = "sampling") -> torch.Tensor:
     s = params.sampling
     return sample_images(model, [r["prompt"] for r in rows], [r["noise_seed"] for r in rows], steps=s.steps,
-                         guidance=s.guidance, eta=s.eta, batch_size=s.batch_size, progress=progress)
+                         guidance=s.guidance, eta=s.eta, batch_size=s.batch_size, progress=progress, label=label)

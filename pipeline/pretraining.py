@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from tqdm.auto import tqdm
 
 from pipeline.checkpoints import restore_rng_state, resume, rng_state, save_checkpoint
 from pipeline.models.base import Text2ImageModel
+from pipeline.progress import Progress
 from pipeline.world.realism import Realism
 from pipeline.world.stream import SceneStream
 
@@ -99,11 +99,12 @@ class PretrainResult:
 def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_size: int, lr: float,
              warmup_steps: int, weight_decay: float, ema_decay: float, caption_dropout: float, seed: int,
              checkpoint_dir=None, checkpoint_every: int = 500, checkpoint_keep: int = 2, log_every: int = 50,
-             log_fn=None, progress: bool = True, max_seconds: float | None = None) -> PretrainResult:
+             log_fn=None, progress: bool = True, max_seconds: float | None = None,
+             label: str = "pretrain") -> PretrainResult:
     """Train every parameter of `model` on the scene stream; resumes from `checkpoint_dir` if present.
 
     `max_seconds` stops early on wall time (the wall-time-matched control); `steps` still sets the
-    learning-rate schedule.
+    learning-rate schedule. Progress is reported under `label` (pipeline/progress.py).
     """
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -128,8 +129,8 @@ def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_s
     start = resume(checkpoint_dir, "pretrain", restore) if checkpoint_dir else 0
     running, earlier_seconds = carried["running"], carried["seconds"]
     began = time.perf_counter()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="pretrain", disable=not progress)
-    for step in bar:
+    bar = Progress(label, steps, initial=start, enabled=progress)
+    for step in range(start, steps):
         images, captions, _ = stream.next_batch(batch_size)
         loss = pretraining_loss(model, torch.from_numpy(images), captions, generator, caption_dropout)
         optimizer.zero_grad(set_to_none=True)
@@ -142,10 +143,11 @@ def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_s
         if (step + 1) % log_every == 0 or step + 1 == steps:
             mean = sum(running) / len(running)
             result.losses.append((step + 1, mean))
-            bar.set_postfix(loss=f"{mean:.4f}")
+            bar.values["loss"] = mean
             if log_fn:
                 log_fn({"pretrain/loss": mean, "pretrain/lr": schedule.get_last_lr()[0]}, step + 1)
             running = []
+        bar.update(1)
         if max_seconds is not None and earlier_seconds + time.perf_counter() - began >= max_seconds:
             steps = step + 1
             break
@@ -156,6 +158,7 @@ def pretrain(model: Text2ImageModel, stream: SceneStream, *, steps: int, batch_s
                 "losses": result.losses, "ema": ema.state_dict() if ema else None,
                 "running": running, "seconds": earlier_seconds + time.perf_counter() - began,
             })
+    bar.close()
     result.seconds = earlier_seconds + time.perf_counter() - began
     result.steps = steps
     model.eval()

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.models.base import Text2ImageModel
+from pipeline.progress import Progress
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -170,11 +171,12 @@ def sample_trajectories(model: Text2ImageModel, prompts: list[str], seeds: list[
 
 
 def sample_images(model: Text2ImageModel, prompts: list[str], seeds: list[int], *, steps: int, guidance: float,
-                  eta: float = 0.0, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+                  eta: float = 0.0, batch_size: int = 64, progress: bool = True,
+                  label: str = "sampling") -> torch.Tensor:
     """uint8 images (N, H, W, 3) for (prompt, seed) pairs, in chunks; same pair -> same image."""
     chunks = []
     uncond = model.encode_prompts([""]) if guidance != 1.0 else None
-    bar = tqdm(total=len(prompts), desc="sampling images", unit="img", disable=not progress)
+    bar = Progress(label, len(prompts), unit="image", enabled=progress)
     for start in range(0, len(prompts), batch_size):
         part = slice(start, start + batch_size)
         traj = sample_trajectories(model, prompts[part], seeds[part], steps=steps, guidance=guidance, eta=eta,

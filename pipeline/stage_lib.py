@@ -16,8 +16,8 @@ def accuracy_rows(prompts_dir: str | Path, params: Params) -> list[dict]:
     return eval_rows(prompts_dir, params, tasks=SPECIFIED_CORPORA)
 
 
-def evaluate_accuracy(model: Text2ImageModel, rows: list[dict], params: Params,
-                      progress: bool = True) -> dict[str, float]:
+def evaluate_accuracy(model: Text2ImageModel, rows: list[dict], params: Params, progress: bool = True,
+                      label: str = "sampling") -> dict[str, float]:
     """Detector accuracy on `rows` (`accuracy_rows`)."""
-    images = sample_rows(model, rows, params, progress=progress)
+    images = sample_rows(model, rows, params, progress=progress, label=label)
     return spec_accuracy(images.numpy(), [PromptSpec.from_dict(r["spec"]) for r in rows])

@@ -24,7 +24,8 @@ class _Parser(argparse.ArgumentParser):
 def parser(stage: str, description: str) -> argparse.ArgumentParser:
     p = _Parser(prog=f"python -m stages.{stage}", description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars: a timestamped progress line about every 10%% instead (as in a log)")
     return p
 
 
@@ -39,9 +40,12 @@ def positive_int(text: str) -> int:
     return value
 
 
-def load(args: argparse.Namespace) -> Params:
+def load(args: argparse.Namespace, stage: str = "") -> Params:
     params = load_params(args.params)  # validate before torch is even imported
+    from pipeline.progress import set_bars
     from pipeline.runtime import configure, device_problem
+
+    set_bars(not getattr(args, "no_progress", False), stage)  # progress lines stay on (pipeline/progress.py)
 
     problem = device_problem(params.device)
     if problem:
@@ -57,7 +61,7 @@ def run_main(stage: str, args: argparse.Namespace, body: Callable[[Params], None
     stderr and exit status 2. Anything else is a bug and keeps its traceback (exit status 1).
     """
     try:
-        body(load(args))
+        body(load(args, getattr(args, "name", None) or stage))
     except InputError as exc:
         print(f"error: stage {stage}: {exc}", file=sys.stderr)
         raise SystemExit(USER_ERROR_STATUS) from None

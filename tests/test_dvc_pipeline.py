@@ -107,12 +107,13 @@ def test_metrics_diff_between_experiments(dvc_repo):
     assert any(v["old"] != v["new"] for v in diff["data/metrics/train.json"].values())  # the change shows
 
 
-# Modules that only move bytes, log, report errors, guard output paths or validate params: editing them cannot change a
-# stage's outputs. (The registry is imported by pipeline.config to name known rewards; stages that
+# Modules that only move bytes, log, report progress or errors, guard output paths or validate params: editing
+# them cannot change a stage's outputs. (The registry is imported by pipeline.config to name known rewards; stages that
 # score images list all of pipeline/rewards.)
 _NOT_OUTPUT_RELEVANT = {"pipeline/__init__.py", "pipeline/errors.py", "pipeline/io.py", "pipeline/tracking.py",
                         "pipeline/tracking_buffer.py", "pipeline/tracking_client.py", "pipeline/checkpoints.py",
-                        "pipeline/rewards/registry.py", "pipeline/outputs.py", "stages/_cli.py"}
+                        "pipeline/rewards/registry.py", "pipeline/outputs.py", "pipeline/progress.py",
+                        "stages/_cli.py"}
 # Tracking's own imports run only on tracking's behalf (its params hash, its buffer).
 _NOT_FOLLOWED = {"pipeline/tracking.py", "pipeline/tracking_buffer.py", "pipeline/tracking_client.py"}
 

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.checkpoints import resume, save_checkpoint
 from pipeline.errors import DataFileError, ModelLoadError, ParamsError, RewardLoadError, RewardOptionError
 from pipeline.io import read_jsonl, read_text
 from pipeline.models.base import Text2ImageModel
 from pipeline.params import Params
+from pipeline.progress import Progress
 from pipeline.pretraining import StreamBatches, scene_stream
 from pipeline.prompts import MANIFEST, check_no_leak
 from pipeline.rewards.registry import RewardContext, build_reward
@@ -102,14 +102,13 @@ def train(trainer: RLTrainer, iterations: int, checkpoint_dir: str | Path | None
         checkpoint_dir = Path(checkpoint_dir) / f"process-{trainer.dist.process_index}"
     resumed = resume(checkpoint_dir, "finetune", trainer.load_state_dict) if checkpoint_dir else 0
     reason = "iterations"
-    bar = tqdm(total=iterations, initial=trainer.state.iteration, desc="finetune",
-               disable=not progress or not trainer.dist.is_main)
+    bar = Progress("finetune", iterations, initial=trainer.state.iteration, unit="iteration",
+                   enabled=progress and trainer.dist.is_main)
     while trainer.state.iteration < iterations:
         began = time.perf_counter()
         rows = trainer.iteration()
         trainer.state.seconds += time.perf_counter() - began
-        bar.update(1)
-        bar.set_postfix({r["task"]: f"{r['reward_mean']:.3f}" for r in rows})
+        bar.update(1, **{f"{r['task']} reward": r["reward_mean"] for r in rows})
         if log_fn:
             for row in rows:
                 log_fn({f"{row['task']}/{k}": v for k, v in row.items()
