@@ -91,13 +91,13 @@ class Text2ImageModel(nn.Module, abc.ABC):
 
     def plain_unet(self) -> nn.Module:
         """The UNet with any LoRA adapters fused into its weights (a copy; `self.unet` is untouched),
-        so a saved model is a plain diffusers UNet whoever loads it."""
+        so a saved model is a plain diffusers UNet whoever loads it; its config names no source folder."""
         if not getattr(self.unet, "_hf_peft_config_loaded", False):
-            return self.unet
+            return without_source_path(self.unet)
         fused = copy.deepcopy(self.unet)
         fused.fuse_lora()
         fused.unload_lora()
-        return fused
+        return without_source_path(fused)
 
     @property
     def device(self) -> torch.device:
@@ -112,3 +112,14 @@ def pixels_to_unit(images: torch.Tensor) -> torch.Tensor:
 def unit_to_pixels(x: torch.Tensor) -> torch.Tensor:
     """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), clamped."""
     return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def without_source_path(module: nn.Module) -> nn.Module:
+    """`module` with `_name_or_path` (the folder diffusers loaded it from) dropped from its config, so
+    the same weights save to the same bytes wherever they were loaded from (dvc.lock stays unchanged)."""
+    config = getattr(module, "_internal_dict", None)
+    if config is not None and "_name_or_path" in config:
+        from diffusers.configuration_utils import FrozenDict
+
+        module._internal_dict = FrozenDict({k: v for k, v in config.items() if k != "_name_or_path"})
+    return module

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ModelLoadError, ParamsError
-from pipeline.models.base import Text2ImageModel, pixels_to_unit, unit_to_pixels
+from pipeline.models.base import Text2ImageModel, pixels_to_unit, unit_to_pixels, without_source_path
 
 MIXED_PRECISION = ("no", "bf16")
 MODEL_INDEX = "model_index.json"
@@ -235,7 +235,8 @@ class StableDiffusionModel(Text2ImageModel):
         """diffusers' StableDiffusionPipeline layout (DDIM scheduler, no safety checker); LoRA fused."""
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+        pipe = StableDiffusionPipeline(vae=without_source_path(self.vae), text_encoder=self.text_encoder,
+                                       tokenizer=self.tokenizer,
                                        unet=self.plain_unet(), scheduler=self.scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
         pipe.save_pretrained(Path(directory))

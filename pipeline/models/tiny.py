@@ -22,6 +22,7 @@ from pipeline.models.tokenizer import MAX_LENGTH, build_word_tokenizer
 MODEL_INDEX = "model_index.json"
 PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")  # a saved tiny model's subfolders
 KIND = "tiny"
+LOAD_TIME_KEYS = ("is_local", "local_files_only", "name_or_path")  # tokenizer options from_pretrained records
 
 
 def build_unet(resolution: int, channels: tuple[int, ...], text_dim: int, heads: int) -> UNet2DConditionModel:
@@ -122,6 +123,8 @@ class TinyText2Image(Text2ImageModel):
         directory.mkdir(parents=True, exist_ok=True)
         self.plain_unet().save_pretrained(directory / "unet")  # LoRA, if any, fused
         self.text_encoder.save_pretrained(directory / "text_encoder")
+        for key in LOAD_TIME_KEYS:  # how it was loaded, not what it is: the same tokenizer saves the same bytes
+            self.tokenizer.init_kwargs.pop(key, None)
         self.tokenizer.save_pretrained(directory / "tokenizer")
         self.scheduler.save_pretrained(directory / "scheduler")
         (directory / MODEL_INDEX).write_text(json.dumps({"kind": KIND, "resolution": self.sample_shape[1]}, indent=1))
