@@ -17,6 +17,7 @@ _ENV_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # no "View run ... at" lines in a stage's log
 }
 for _key, _value in _ENV_DEFAULTS.items():
     os.environ.setdefault(_key, _value)

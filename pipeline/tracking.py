@@ -52,6 +52,20 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _rows(metrics: dict[str, float], step: int | None) -> list[list]:
+    """MLflow metric rows [name, value, time, step] of the numeric entries of `metrics`."""
+    now = _now_ms()
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, str):
+            continue
+        try:
+            rows.append([metric_name(key), float(value), now, int(step or 0)])
+        except (TypeError, ValueError):
+            continue
+    return rows
+
+
 class StageRun:
     """Context manager for one stage's child run. Logging calls never raise: when the tracking
     server cannot be reached they are buffered locally (see the module docstring)."""
@@ -148,28 +162,42 @@ class StageRun:
 
     # ---- logging ---------------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        now = _now_ms()
-        rows = []
-        for key, value in metrics.items():
-            if isinstance(value, str):
-                continue
-            try:
-                rows.append([metric_name(key), float(value), now, int(step or 0)])
-            except (TypeError, ValueError):
-                continue
+        rows = _rows(metrics, step)
         if rows:
             self._call(calls.log_metrics, rows, event={"event": "metrics", "rows": rows})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Log a file or a folder (e.g. a saved model) under `artifact_path`."""
+        """Log a file or a folder under `artifact_path`."""
         path = Path(path)
         if path.exists():
             self._call(calls.log_path, path, artifact_path, event=None)
 
-    def _call(self, fn, *args, event: dict | None) -> None:
+    def log_model(self, path: str | Path, name: str) -> None:
+        """Log a saved model folder as an MLflow logged model named `name` (the Models column)."""
+        path = Path(path)
+        if path.is_dir():
+            self._call(calls.log_model, path, name, event=None)
+
+    def log_summary(self, metrics: dict[str, float], params: dict, note: str | None = None) -> None:
+        """The pipeline run's headline on the parent run: metrics and key params, so the runs table
+        compares pipeline runs, and `note` (Markdown) as the run's description. A parent that already
+        holds other values for these params (one run group, params changed) keeps them, with a warning."""
+        rows = _rows(metrics, None)
+        if rows:
+            self._call(calls.log_metrics, rows, event={"event": "parent_metrics", "rows": rows}, parent=True)
+        values = {k[:250]: str(v)[:6000] for k, v in params.items()}
+        self._call(calls.log_params, values, event={"event": "parent_params", "params": values}, parent=True)
+        if note:
+            tags = {"mlflow.note.content": note}
+            self._call(calls.set_tags, tags, event={"event": "parent_tags", "tags": tags}, parent=True)
+
+    def _call(self, fn, *args, event: dict | None, parent: bool = False) -> None:
         if self._client is not None:
             try:
-                fn(self._client, self.run_id, *args)
+                if fn is calls.log_model:  # the model is an output of the pipeline run too
+                    fn(self._client, self.run_id, *args, parent_id=self.parent_id)
+                else:
+                    fn(self._client, self.parent_id if parent else self.run_id, *args)
                 return
             except Exception as exc:
                 if calls.rejected(exc):
@@ -180,8 +208,8 @@ class StageRun:
         if self._buffer is None:
             return
         try:
-            if fn is calls.log_path:
-                self._buffer.artifact(*args)
+            if fn in (calls.log_path, calls.log_model):
+                self._buffer.artifact(*args, model=fn is calls.log_model)
             else:
                 self._buffer.write(event)
         except Exception as exc:

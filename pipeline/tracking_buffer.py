@@ -44,18 +44,20 @@ class RunBuffer:
         with open(self.path, "a", encoding="utf8") as fh:
             fh.write(json.dumps(event) + "\n")
 
-    def artifact(self, path: Path, artifact_path: str | None) -> None:
-        """Copy the artifact next to the buffer file (it may change before the replay)."""
+    def artifact(self, path: Path, artifact_path: str | None, model: bool = False) -> None:
+        """Copy the artifact (a logged model's folder with `model`; `artifact_path` is then its name) next
+        to the buffer file: it may change before the replay."""
         self._artifacts += 1
+        event = "model" if model else "artifact"
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
         if size > COPY_LIMIT_BYTES:
-            self.write({"event": "artifact", "path": str(path.resolve()), "artifact_path": artifact_path, "copied": False})
+            self.write({"event": event, "path": str(path.resolve()), "artifact_path": artifact_path, "copied": False})
             return
         target = _files_dir(self.path) / str(self._artifacts)
         target.mkdir(parents=True, exist_ok=True)
         target = target / path.name
         shutil.copytree(path, target) if path.is_dir() else shutil.copy2(path, target)
-        self.write({"event": "artifact", "path": str(target), "artifact_path": artifact_path, "copied": True})
+        self.write({"event": event, "path": str(target), "artifact_path": artifact_path, "copied": True})
 
     def close(self, status: str, end_time: int) -> Path:
         """Write the end event and drop `.open` from the name: the file is ready for replay."""
@@ -120,10 +122,31 @@ def _replay_run(client, uri: str, events: list[dict]) -> str:
     for event in events:
         if event["event"] == "artifact" and Path(event["path"]).exists():
             calls.log_path(client, run_id, Path(event["path"]), event["artifact_path"])
+        elif event["event"] == "model" and Path(event["path"]).exists():
+            calls.log_model(client, run_id, Path(event["path"]), event["artifact_path"], parent_id=parent_id)
+    _replay_parent(client, parent_id, events)
     end = next((e for e in events if e["event"] == "end"), {"status": "KILLED", "end_time": None})
     client.set_terminated(run_id, end["status"], end["end_time"])
     client.set_terminated(parent_id, end["status"], end["end_time"])
     return run_id
+
+
+def _replay_parent(client, parent_id: str, events: list[dict]) -> None:
+    """What a stage logged on the parent run (StageRun.log_summary); params the parent already holds
+    with other values are refused by the server and skipped, not a reason to set the run aside."""
+    for event in events:
+        kind = event["event"]
+        try:
+            if kind == "parent_metrics":
+                calls.log_metrics(client, parent_id, event["rows"])
+            elif kind == "parent_params":
+                calls.log_params(client, parent_id, event["params"])
+            elif kind == "parent_tags":
+                calls.set_tags(client, parent_id, event["tags"])
+        except Exception as exc:
+            if not calls.rejected(exc):
+                raise
+            warnings.warn(f"MLflow refused the parent run's {kind[7:]} ({str(exc)[:300]}); skipped", RuntimeWarning)
 
 
 def replay_buffer(uri: str | None = None, client=None, any_uri: bool = False) -> list[str]:

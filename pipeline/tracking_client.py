@@ -142,16 +142,43 @@ def log_metrics(client, run_id: str, rows: list[list]) -> None:
         client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in rows[start:start + 1000]])
 
 
+def set_tags(client, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def log_model(client, run_id: str, path: Path, name: str, parent_id: str | None = None) -> str:
+    """A model folder as an MLflow logged model made by `run_id` (the runs table's Models column lists it
+    on that run's row) and an output of it and of the pipeline's `parent_id`; returns the model id."""
+    from mlflow.entities import LoggedModelOutput
+
+    experiment = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment, name=name, source_run_id=run_id)
+    with _upload_timeout():
+        client.log_model_artifacts(model.model_id, str(path))
+    client.finalize_logged_model(model.model_id, "READY")
+    for run in (run_id, parent_id) if parent_id else (run_id,):
+        client.log_outputs(run, [LoggedModelOutput(model.model_id, 0)])
+    return model.model_id
+
+
+class _upload_timeout:
+    """Uploads (a model folder) may take longer than the short timeout set for other calls."""
+
+    def __enter__(self):
+        self.ours = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") == HTTP_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+        if self.ours:
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(UPLOAD_TIMEOUT_S)
+
+    def __exit__(self, *exc):
+        if self.ours:
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = HTTP_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+
+
 def log_path(client, run_id: str, path: Path, artifact_path: str | None) -> None:
-    # Uploads (a model folder) may take longer than the short timeout we set for other calls.
-    ours = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") == HTTP_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"]
-    if ours:
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(UPLOAD_TIMEOUT_S)
-    try:
+    with _upload_timeout():
         if path.is_dir():
             client.log_artifacts(run_id, str(path), artifact_path)
         else:
             client.log_artifact(run_id, str(path), artifact_path)
-    finally:
-        if ours:
-            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = HTTP_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"]
