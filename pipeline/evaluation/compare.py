@@ -45,6 +45,15 @@ class Evaluation:
         self.metrics: dict[str, float] = {}
         self.win_rows: list[dict] = []
         self.composition_rows: list[dict] = []
+        self._utility: dict[int, dict[str, np.ndarray]] = {}
+
+    def utility(self, panel, data: Aligned) -> dict[str, np.ndarray]:
+        """The panel's mean utility of each model's images in `data`, computed once: the quality measure
+        and the noise-free verdict of the over-optimisation gap both read it."""
+        if id(data) not in self._utility:
+            specs = prompt_specs(data)
+            self._utility[id(data)] = {m: judges.panel_utility(panel, im, specs) for m, im in data.images.items()}
+        return self._utility[id(data)]
 
     def estimate(self, key: str, values, clusters, contrast=None):
         est = bootstrap_mean(values, clusters, self.params.evaluate.bootstrap,
@@ -77,9 +86,8 @@ def _comparisons(data: Aligned) -> list[tuple[str, str, str]]:
 
 
 def add_quality(ev: Evaluation, data: Aligned, panel) -> None:
-    specs = prompt_specs(data)
-    for model, images in data.images.items():
-        ev.estimate(f"quality.{model}", judges.panel_utility(panel, images, specs), data.prompts)
+    for model, utility in ev.utility(panel, data).items():
+        ev.estimate(f"quality.{model}", utility, data.prompts)
 
 
 def add_win_rates(ev: Evaluation, data: Aligned, panel, learned) -> None:
@@ -91,7 +99,7 @@ def add_win_rates(ev: Evaluation, data: Aligned, panel, learned) -> None:
     choice, which rater noise pulls towards 0.5, even a perfect reward model would show a gap."""
     specs = prompt_specs(data)
     scores = {m: judges.learned_scores(learned, im, data.rows) for m, im in data.images.items()} if learned else {}
-    utility = {m: judges.panel_utility(panel, im, specs) for m, im in data.images.items()} if learned else {}
+    utility = ev.utility(panel, data) if learned else {}
     for index, (a, b, name) in enumerate(_comparisons(data)):
         seed = judges.judge_seed(ev.params.seed) + index
         panel_won = judges.panel_outcomes(panel, data.images[a], data.images[b], specs, seed)
