@@ -94,3 +94,35 @@ def open_page(url_or_path: str | Path, screenshot: str | Path | None = None, tim
         return errors, images, text
     finally:
         driver.quit()
+
+
+# The text of the elements that lie wholly within the first viewport (what a reader sees before scrolling).
+FIRST_SCREEN_JS = """
+const height = window.innerHeight;
+return Array.from(document.querySelectorAll('h1, h2, h3, p, th, td, figcaption'))
+  .filter(e => { const r = e.getBoundingClientRect(); return r.top >= 0 && r.bottom <= height && r.height > 0; })
+  .map(e => e.innerText).join('\\n');
+"""
+
+
+def first_screen(url_or_path: str | Path, screenshot: str | Path | None = None, timeout_s: float = 20.0) -> str:
+    """The text wholly visible in the first 1280x900 viewport of a page, unscrolled; with `screenshot`,
+    a PNG of that viewport."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = require_chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        driver.set_page_load_timeout(timeout_s)
+        driver.get(_as_url(url_or_path))
+        _wait(driver, "return document.readyState === 'complete';", timeout_s)
+        if screenshot is not None:
+            driver.save_screenshot(str(screenshot))
+        return driver.execute_script(FIRST_SCREEN_JS)
+    finally:
+        driver.quit()

@@ -9,10 +9,12 @@ from pipeline.io import atomic_path
 from pipeline.report import figures, tables
 from pipeline.report.document import Code, Document, Figure, Heading, Table, Text, to_html, to_markdown
 from pipeline.report.inputs import read_curves, read_metrics
+from pipeline.verdict import HEADERS as VERDICT_HEADERS
+from pipeline.verdict import table_rows, verdict
 
 GRID_COLUMNS = 8
 REPORT_HTML = "index.html"  # every report folder holds it (the output guard's mark of one)
-SEEDS_PER_PROMPT = {DIVERSITY: 4}  # grids show several seeds of under-specified prompts, one elsewhere
+SEEDS_PER_PROMPT = {DIVERSITY: 4}  # grids show 4 seeds of an under-specified prompt, 2 of the others
 
 
 @dataclass
@@ -46,7 +48,7 @@ def load_inputs(metrics_dir: str | Path, plots_dir: str | Path, samples_dir: str
 
 def grid_columns(rows: list[dict], task: str, columns: int = GRID_COLUMNS) -> list[int]:
     """Row indices of one task for an image grid: the first prompts, SEEDS_PER_PROMPT seeds each."""
-    per_prompt = SEEDS_PER_PROMPT.get(task, 1)
+    per_prompt = SEEDS_PER_PROMPT.get(task, 2)
     taken: dict[str, int] = {}
     chosen = []
     for i, row in enumerate(rows):
@@ -66,7 +68,7 @@ def sample_blocks(samples) -> list:
                    "started from the same noise for it.")]
     for task in dict.fromkeys(r["task"] for r in samples.rows):
         picked = grid_columns(samples.rows, task)
-        titles = [f"{samples.rows[i]['prompt']} (seed {samples.rows[i]['seed']})" for i in picked]
+        titles = [f"{samples.rows[i]['prompt']} · seed {samples.rows[i]['seed']}" for i in picked]
         png = figures.image_grid({m: im[picked] for m, im in samples.images.items()}, titles)
         blocks += [Heading(f"Task: {task}", 3), Figure(f"samples_{task}.png", png, f"{task}: base / control / RL")]
     return blocks
@@ -99,12 +101,23 @@ def gap_blocks(metrics: dict[str, float]) -> list:
             tables.gap_table(metrics)]
 
 
+def verdict_blocks(metrics: dict[str, float]) -> list:
+    """The run's verdict (pipeline/verdict.py), the report's first screen."""
+    result = verdict(metrics)
+    return [Heading("Verdict"), Text(result.sentence), Table(list(VERDICT_HEADERS), table_rows(result))]
+
+
 def build_document(inputs: ReportInputs) -> Document:
     m = inputs.eval_metrics
     doc = Document("RL fine-tuning of a text-to-image diffusion model: evaluation report")
-    doc.add(Text("Base model vs the compute-matched control (the base pretrained on for the same budget) vs the "
-                 "RL fine-tuned model, on identical held-out prompts and seeds. Win rates are judged by a held-out "
-                 "simulated rater panel; brackets are 95% bootstrap intervals over prompts."),
+    doc.add(*verdict_blocks(m),
+            Text("Base model vs the compute-matched control (the base pretrained on for the same budget) vs the "
+                 "RL fine-tuned model, every model sampled on the same evaluation prompts and seeds. The eval prompts "
+                 "of a corpus large enough to split are kept apart from its training prompts; a smaller corpus's "
+                 "may be training prompts too (`disjoint` in data/prompts/manifest.json), and held-out "
+                 "colour-shape pairs (the unseen rows) are in no training prompt. Win rates are judged by a "
+                 "held-out simulated rater panel (0.5 is a tie); brackets are 95% bootstrap intervals over "
+                 "prompts."),
             Heading("Summary"), tables.summary_table(m))
     if any(key.startswith("composition.rl_minus_") for key in m):
         doc.add(Heading("Paired differences"),

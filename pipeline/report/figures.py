@@ -9,9 +9,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 100
-DIAGNOSTICS = ("approx_kl", "clip_fraction", "ratio_mean", "grad_norm_rl", "grad_norm_pre", "loss_pre")
+# The per-iteration diagnostics of train.csv the report plots, with their axis labels.
+DIAGNOSTICS = {"approx_kl": "approximate KL", "clip_fraction": "share of ratios clipped", "ratio_mean": "mean ratio",
+               "grad_norm_rl": "RL gradient norm", "grad_norm_pre": "L_pre gradient norm", "loss_pre": "L_pre loss"}
+PANELS_PER_ROW = 3
 
 
 def png_bytes(fig) -> bytes:
@@ -71,25 +75,32 @@ def reward_curves(rows: list[dict]) -> bytes:
             ax.fill_between(x, mean - std, mean + std, alpha=0.25, label="±1 std")
         ax.set_title(f"task: {task}")
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("reward")
         ax.legend(fontsize=8)
     return png_bytes(fig)
 
 
-def diagnostics(rows: list[dict], columns: tuple[str, ...] = DIAGNOSTICS) -> bytes | None:
-    """Small multiples of the PPO diagnostics present in `rows` (None if there are none)."""
+def diagnostics(rows: list[dict], columns: dict[str, str] = DIAGNOSTICS) -> bytes | None:
+    """Small multiples of the diagnostics present in `rows`, three to a row, a line per task (None if none)."""
     present = [c for c in columns if np.isfinite(_series(rows, c)[1]).any()]
     if not present:
         return None
     tasks = _by_task(rows)
-    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 2.8), squeeze=False)
-    for ax, column in zip(axes[0], present):
+    grid_rows = -(-len(present) // PANELS_PER_ROW)
+    fig, axes = plt.subplots(grid_rows, PANELS_PER_ROW, figsize=(11, 3.0 * grid_rows), squeeze=False)
+    for ax, column in zip(axes.flat, present):
         for task, task_rows in tasks.items():
-            ax.plot(*_series(task_rows, column), label=task)
-        ax.set_title(column, fontsize=9)
-        ax.set_xlabel("iteration", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
+            ax.plot(*_series(task_rows, column), marker=".", label=task)
+        ax.set_title(columns[column], fontsize=11)
+        ax.set_xlabel("iteration", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(column, fontsize=10)
+        ax.tick_params(labelsize=9)
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=9, title="task", title_fontsize=9)
+    fig.tight_layout()
     return png_bytes(fig)
 
 
@@ -97,7 +108,7 @@ def image_grid(images: dict[str, np.ndarray], titles: list[str]) -> bytes:
     """Rows: models; columns: the same (prompt, seed) pairs, titled with the prompt."""
     models = list(images)
     columns = len(titles)
-    fig, axes = plt.subplots(len(models), columns, figsize=(1.45 * columns, 1.45 * len(models) + 0.8),
+    fig, axes = plt.subplots(len(models), columns, figsize=(1.6 * columns, 1.6 * len(models) + 1.1),
                              squeeze=False)
     for r, model in enumerate(models):
         for c in range(columns):
@@ -106,7 +117,7 @@ def image_grid(images: dict[str, np.ndarray], titles: list[str]) -> bytes:
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title("\n".join(textwrap.wrap(titles[c], 16)), fontsize=6.5)
+                ax.set_title("\n".join(textwrap.wrap(titles[c], 18)), fontsize=9)
             if c == 0:
-                ax.set_ylabel(model, fontsize=9)
+                ax.set_ylabel(model, fontsize=11)
     return png_bytes(fig)

@@ -35,11 +35,22 @@ RUN_COLUMNS = (
 )
 
 
+# Keys that count things (their last dotted part): shown as whole numbers, not '8.000'.
+COUNTS = ("n", "steps", "pairs", "iterations", "dropped", "prompts", "parameters", "votes", "unet_passes", "skipped")
+
+
+def is_count(key: str, value: float) -> bool:
+    last = key.rsplit(".", 1)[-1]
+    return float(value).is_integer() and (last in COUNTS or last.endswith(("_pairs", "_steps", "_passes")))
+
+
 def cell(metrics: dict[str, float], key: str) -> str:
-    """'0.612 [0.551, 0.670]', '0.612' without an interval, or '—' when the key is absent."""
+    """'0.612 [0.551, 0.670]', '0.612' without an interval, '1,224' for a count, or '—' when the key is absent."""
     if key not in metrics:
         return MISSING
     low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    if low is None and high is None and is_count(key, metrics[key]):
+        return f"{int(metrics[key]):,}"
     text = f"{metrics[key]:.3f}"
     return f"{text} [{low:.3f}, {high:.3f}]" if low is not None and high is not None else text
 
