@@ -1,4 +1,4 @@
-# `make run`: the whole pipeline on the default params (dvc repro). `make test`: the test suite.
+# `make run`: the whole pipeline on the default params (dvc repro), then its verdict. `make test`: the test suite.
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -28,8 +28,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/dvc config --local core.site_cache_dir $(CURDIR)/.cache/dvc-site
 	touch $@
 
+# The verdict (pipeline/verdict.py) is the last thing `make run` prints, even when DVC had nothing to re-run.
 run: $(STAMP)
 	dvc repro
+	$(BIN)/python -m pipeline.verdict
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

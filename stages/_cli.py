@@ -54,6 +54,12 @@ def load(args: argparse.Namespace, stage: str = "") -> Params:
     return params
 
 
+def machine(params: Params) -> str:
+    """'2 threads, bf16 autocast' (the resolved `threads` and `model.mixed_precision`) for result lines."""
+    precision = ", bf16 autocast" if params.model.mixed_precision == "bf16" else ""
+    return f"{params.threads} thread{'s' * (params.threads != 1)}{precision}"
+
+
 def run_main(stage: str, args: argparse.Namespace, body: Callable[[Params], None]) -> None:
     """Validate params (before any heavy import), then run the stage body.
 

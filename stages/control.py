@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from stages._cli import parser, run_main
+from stages._cli import machine, parser, run_main
 
 CONTROL_STREAM_OFFSET = 2_000  # fresh pretraining data, apart from the base's and L_pre's streams
 
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
                               caption_dropout=pt.caption_dropout, seed=params.seed + CONTROL_STREAM_OFFSET,
                               checkpoint_dir=None if wall else Path(args.checkpoints) / key,
                               checkpoint_every=pt.checkpoint_every, checkpoint_keep=params.checkpoint_keep,
-                              log_every=pt.log_every, log_fn=run.log_metrics,
-                              progress=not args.no_progress, max_seconds=budget["seconds"] if wall else None)
+                              log_every=pt.log_every, log_fn=run.log_metrics, label="control",
+                              max_seconds=budget["seconds"] if wall else None)
             with atomic_path(Path(args.out), directory=True) as tmp:
                 result.model.save_pretrained(tmp)
             metrics = {"steps": result.steps, "budget": params.control.budget,
@@ -96,7 +96,12 @@ def main(argv: list[str] | None = None) -> None:
                        "rl_unet_passes": budget["unet_passes"]}
             write_json(args.metrics, metrics)
             run.log_metrics({"steps": result.steps, "seconds": result.seconds})
-        print(f"control: {metrics}")
+            run.log_artifact(args.metrics)
+            run.log_model(args.out, "control")
+        matched = (f"{budget['seconds'] / 60:.1f} min of RL's wall time" if wall else
+                   f"{metrics['rl_unet_passes']:.3g} UNet passes of RL, {metrics['unet_passes']:.3g} here")
+        print(f"control: the base pretrained on for {result.steps} more steps ({matched}) in {result.seconds / 60:.1f} "
+              f"min ({machine(params)}) -> {args.out}")
 
     run_main("control", args, body)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages._cli import parser, positive_int, run_main
+from stages._cli import machine, parser, positive_int, run_main
 
 
 class _Untracked:
@@ -24,7 +24,7 @@ class _Untracked:
     def log_metrics(self, *args, **kwargs):
         pass
 
-    log_artifact = log_metrics
+    log_artifact = log_model = log_metrics
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,8 +42,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body(params) -> None:
-        import pandas as pd
-
         from pipeline.checkpoints import folder_fingerprint, run_key
         from pipeline.io import atomic_path, write_json, write_text
         from pipeline.models.loading import load_model
@@ -69,8 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             trainer = build_trainer(model, params, tasks, dist=dist)
             timing = train(trainer, params.rl.iterations, Path(args.checkpoints) / key, params.rl.checkpoint_every,
                            checkpoint_keep=params.checkpoint_keep, max_minutes=params.rl.max_minutes,
-                           log_fn=run.log_metrics,
-                           progress=not args.no_progress, stop_after=args.stop_after)
+                           log_fn=run.log_metrics, stop_after=args.stop_after)
             if timing["stopped_by"] == "stop_after":
                 print(f"finetune: stopped after iteration {trainer.state.iteration} as asked; outputs not written")
                 return
@@ -83,15 +80,37 @@ def main(argv: list[str] | None = None) -> None:
             with atomic_path(Path(args.out), directory=True) as tmp:
                 model.save_pretrained(tmp)
             write_json(args.metrics, metrics)
-            write_text(args.plots, pd.DataFrame(history).to_csv(index=False))
+            write_text(args.plots, curves_csv(history))
             write_json(args.budget, budget_record(trainer.state, timing, params.control.budget))
-            run.log_metrics(metrics)
-            for path in (args.metrics, args.plots):
+            # "final." keeps the summary apart from the per-iteration series of the same names
+            run.log_metrics({f"final.{k}": v for k, v in metrics.items()} | {"seconds": timing["seconds"]})
+            for path in (args.metrics, args.plots, args.budget):
                 run.log_artifact(path)
-            run.log_artifact(args.out, "model")
-        print(f"finetune: {metrics}")
+            run.log_model(args.out, "rl")
+        print(result_line(metrics, timing["seconds"], machine(params), args.out))
 
     run_main("finetune", args, body)
+
+
+# Wall-clock columns of the trainer's history: MLflow logs them per iteration; train.csv, a DVC output,
+# leaves them out so that a re-run of the same params writes the same bytes (dvc.lock unchanged).
+WALL_TIME_COLUMNS = ("seconds", "iteration_seconds")
+
+
+def curves_csv(history: list[dict]) -> str:
+    """train.csv: one row per iteration and task, without wall-clock columns."""
+    import pandas as pd
+
+    return pd.DataFrame(history).drop(columns=list(WALL_TIME_COLUMNS), errors="ignore").to_csv(index=False)
+
+
+def result_line(metrics: dict, seconds: float, machine_text: str, out: str) -> str:
+    """'finetune: 8 iterations in 5.2 min (...); ... preference 0.12 -> 0.35, ...'."""
+    tasks = [k.removesuffix(".reward_first") for k in metrics if k.endswith(".reward_first")]
+    rewards = ", ".join(f"{t} {metrics[f'{t}.reward_first']:.3g} -> {metrics[f'{t}.reward_last']:.3g}" for t in tasks)
+    return (f"finetune: {metrics.get('iterations', 0)} iterations in {seconds / 60:.1f} min ({machine_text}), "
+            f"{metrics.get('unet_passes', 0):.3g} UNet passes; mean reward of the first iteration -> of the last "
+            f"five: {rewards} -> {out}")
 
 
 def budget_record(state, timing: dict, control_budget: str) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages._cli import parser, run_main
+from stages._cli import machine, parser, run_main
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,9 +51,8 @@ def main(argv: list[str] | None = None) -> None:
                               warmup_steps=pt.warmup_steps, weight_decay=pt.weight_decay, ema_decay=pt.ema_decay,
                               caption_dropout=pt.caption_dropout, seed=params.seed,
                               checkpoint_dir=Path(args.checkpoints) / key, checkpoint_every=pt.checkpoint_every,
-                              checkpoint_keep=params.checkpoint_keep, log_every=pt.log_every, log_fn=run.log_metrics,
-                              progress=not args.no_progress)
-            accuracy = evaluate_accuracy(result.model, rows, params, progress=not args.no_progress)
+                              checkpoint_keep=params.checkpoint_keep, log_every=pt.log_every, log_fn=run.log_metrics)
+            accuracy = evaluate_accuracy(result.model, rows, params, label="sampling the eval prompts")
             metrics = {"loss": result.losses[-1][1] if result.losses else float("nan"), "steps": result.steps,
                        **accuracy}
             with atomic_path(Path(args.out), directory=True) as tmp:
@@ -61,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
             write_json(args.metrics, metrics)
             run.log_metrics({**accuracy, "seconds": result.seconds})
             run.log_artifact(args.metrics)
-        print(f"pretrain: {metrics} in {result.seconds / 60:.1f} min")
+            run.log_model(args.out, "base")
+        print(f"pretrain: {result.steps} steps in {result.seconds / 60:.1f} min ({machine(params)}), final loss "
+              f"{metrics['loss']:.4f}; the base draws single-object prompts exactly right in "
+              f"{accuracy.get('single_exact', float('nan')):.1%} of images, two-object prompts in "
+              f"{accuracy.get('two_exact', float('nan')):.1%} -> {args.out}")
 
     run_main("pretrain", args, body)
 

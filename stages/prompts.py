@@ -16,21 +16,28 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.corpora import CORPORA
         from pipeline.outputs import Output, check_outputs
         from pipeline.prompts import MANIFEST, build_corpus, check_no_leak
+        from pipeline.tracking import StageRun
 
         check_outputs("prompts", [Output("--out", args.out, folder=True, marker=MANIFEST)], {"--params": args.params})
 
-        with atomic_path(Path(args.out), directory=True) as out:
-            manifest = {}
-            for task in CORPORA:
-                corpus = build_corpus(task, params.prompts, params.seed)
-                if corpus.disjoint:
-                    check_no_leak(corpus.train, corpus.eval, f"{args.out}/{task}")
-                write_jsonl(out / f"{task}.train.jsonl", corpus.train)
-                write_jsonl(out / f"{task}.eval.jsonl", corpus.eval)
-                manifest[task] = {"train": len(corpus.train), "eval": len(corpus.eval),
-                                  "eval_unseen": sum(r["unseen"] for r in corpus.eval), "disjoint": corpus.disjoint}
-            write_json(out / MANIFEST, manifest)
-        print(f"prompts: {manifest}")
+        with StageRun("prompts", params.model_dump(mode="json")) as run:
+            with atomic_path(Path(args.out), directory=True) as out:
+                manifest = {}
+                for task in CORPORA:
+                    corpus = build_corpus(task, params.prompts, params.seed)
+                    if corpus.disjoint:
+                        check_no_leak(corpus.train, corpus.eval, f"{args.out}/{task}")
+                    write_jsonl(out / f"{task}.train.jsonl", corpus.train)
+                    write_jsonl(out / f"{task}.eval.jsonl", corpus.eval)
+                    manifest[task] = {"train": len(corpus.train), "eval": len(corpus.eval),
+                                      "eval_unseen": sum(r["unseen"] for r in corpus.eval), "disjoint": corpus.disjoint}
+                write_json(out / MANIFEST, manifest)
+            run.log_metrics({f"{task}.{k}": v for task, counts in manifest.items() for k, v in counts.items()})
+            run.log_artifact(Path(args.out) / MANIFEST)
+        corpora = "; ".join(f"{task} {m['train']} train / {m['eval']} eval ({m['eval_unseen']} with held-out colour-shape "
+                            f"pairs{'' if m['disjoint'] else ', eval prompts may be train prompts'})"
+                            for task, m in manifest.items())
+        print(f"prompts: {corpora} -> {args.out}")
 
     run_main("prompts", args, body)
 

@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body(params) -> None:
+        import time
         from pathlib import Path
 
         from pipeline.io import atomic_path, read_jsonl, write_json
@@ -36,15 +37,21 @@ def main(argv: list[str] | None = None) -> None:
         records = read_jsonl(Path(args.prompts) / "preference.train.jsonl", required=("prompt",),
                              check=record_problem)
         model = load_model(args.base, params)
+        began = time.monotonic()
         with StageRun("reward_model", params.model_dump(mode="json")) as run:
             reward, metrics = fit_reward_model(model, records, params.reward_model, params.sampling, params.world,
-                                               params.seed, device=params.device, progress=not args.no_progress)
+                                               params.seed, device=params.device, progress=True)
             with atomic_path(Path(args.out), directory=True) as tmp:
                 reward.save_pretrained(tmp)
             flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             write_json(args.metrics, flat)
-            run.log_metrics(flat)
-        print(f"reward_model: {flat}")
+            run.log_metrics({**flat, "seconds": time.monotonic() - began})
+            run.log_artifact(args.metrics)
+            run.log_model(args.out, "reward")
+        print(f"reward_model: {flat.get('train_pairs', 0)} labelled pairs trained on, {flat.get('heldout_pairs', 0)} "
+              f"held out, in {(time.monotonic() - began) / 60:.1f} min; on the held-out pairs it agrees with a fresh "
+              f"rater {flat.get('heldout_accuracy', float('nan')):.1%} of the time, the panel's noise-free verdict "
+              f"(the ceiling) {flat.get('panel_best_accuracy', float('nan')):.1%} -> {args.out}")
 
     run_main("reward_model", args, body)
 

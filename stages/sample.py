@@ -4,7 +4,7 @@ Noise is fixed by (prompt, seed), so the three models are compared on identical 
 """
 from __future__ import annotations
 
-from stages._cli import parser, run_main
+from stages._cli import machine, parser, run_main
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body(params) -> None:
+        import time
         from pathlib import Path
 
         from pipeline.models.loading import load_model
@@ -29,12 +30,15 @@ def main(argv: list[str] | None = None) -> None:
                       {"--params": args.params, "--model": args.model, "--prompts": args.prompts})
         rows = eval_rows(args.prompts, params)
         model = load_model(args.model, params)
+        began = time.monotonic()
         with StageRun(name, params.model_dump(mode="json")) as run:
-            images = sample_rows(model, rows, params, progress=not args.no_progress)
+            images = sample_rows(model, rows, params, label=name)
             write_samples(args.out, rows, images)
-            run.log_metrics({"images": len(rows)})
+            run.log_metrics({"images": len(rows), "seconds": time.monotonic() - began})
             run.log_artifact(Path(args.out) / "index.jsonl")
-        print(f"{name}: {len(rows)} images -> {args.out}")
+        prompts = len({(r["task"], r["prompt"]) for r in rows})
+        print(f"{name}: {len(rows)} images of {prompts} eval prompts in {(time.monotonic() - began) / 60:.1f} min "
+              f"({machine(params)}) -> {args.out}")
 
     run_main("sample", args, body)
 

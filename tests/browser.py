@@ -58,13 +58,13 @@ def _wait(driver, condition_js: str, timeout_s: float) -> None:
 
 
 def open_page(url_or_path: str | Path, screenshot: str | Path | None = None, timeout_s: float = 20.0,
-              settle_s: float = 0.0) -> tuple[list[str], list[dict], str]:
+              settle_s: float = 0.0, width: int = 1280) -> tuple[list[str], list[dict], str]:
     """Load a page in headless Chromium; return (console errors, images info, page text).
 
     Console errors are the browser log's SEVERE entries (script errors, failed loads). Images info
     has per <img>: src (first 80 characters), complete, naturalWidth, naturalHeight. With
     `screenshot`, a full-page PNG (capped in height) is written there. `settle_s` waits that long
-    after load for client-side rendering (single-page apps).
+    after load for client-side rendering (single-page apps). `width`: the window's, in pixels.
     """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -78,6 +78,7 @@ def open_page(url_or_path: str | Path, screenshot: str | Path | None = None, tim
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     try:
+        driver.set_window_size(width, 900)
         driver.set_page_load_timeout(timeout_s)
         driver.get(_as_url(url_or_path))
         _wait(driver, "return document.readyState === 'complete' && "
@@ -89,7 +90,7 @@ def open_page(url_or_path: str | Path, screenshot: str | Path | None = None, tim
         errors = [entry["message"] for entry in driver.get_log("browser") if entry.get("level") == "SEVERE"]
         if screenshot is not None:
             height = driver.execute_script("return document.documentElement.scrollHeight;")
-            driver.set_window_size(1280, max(600, min(int(height) + 100, MAX_SCREENSHOT_HEIGHT)))
+            driver.set_window_size(width, max(600, min(int(height) + 100, MAX_SCREENSHOT_HEIGHT)))
             driver.save_screenshot(str(screenshot))
         return errors, images, text
     finally:

@@ -60,8 +60,13 @@ def test_whole_pipeline_reproduces_and_reports(dvc_repo):
     evaluation = json.loads((repo / "data/metrics/eval.json").read_text())
     assert "win_rate.rl_vs_base.pooled" in evaluation and "composition.control.exact" in evaluation
     assert (repo / "data/report/index.html").is_file() and (repo / "data/report/report.md").is_file()
-    shown = _run(["dvc", "metrics", "show", "--json"], repo, env)
-    assert "win_rate.rl_vs_base.pooled" in shown
+    shown = next(iter(json.loads(_run(["dvc", "metrics", "show", "--json"], repo, env)).values()))["data"]
+    assert list(shown) == ["data/metrics/headline.json"]  # the default view is the headline alone
+    headline = shown["data/metrics/headline.json"]["data"]
+    assert headline["rl_vs_control"]["win_rate"] == round(evaluation["win_rate.rl_vs_control.pooled"], 3)
+    assert 9 <= sum(len(group) for group in headline.values()) <= 15
+    everything = _run(["dvc", "metrics", "show", "--json", "data/metrics/eval.json"], repo, env)
+    assert "win_rate.rl_vs_base.pooled" in everything  # the rest, on request
     assert "up to date" in _run(["dvc", "status"], repo, env).lower()
 
 
@@ -100,11 +105,21 @@ def test_metrics_diff_between_experiments(dvc_repo):
     _run(["git", "commit", "-qm", "baseline"], repo, env)
     _run(["dvc", "exp", "run", "-n", "faster-lr", "-S", "rl.warmup_iterations=2"], repo, env)
     diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD", "faster-lr", "--all", "--json"], repo, env))
+    assert set(diff) == {"data/metrics/headline.json"}
+    assert diff["data/metrics/headline.json"]["rl_vs_base.win_rate"]["old"] is not None
+    files = ["data/metrics/eval.json", "data/metrics/train.json"]  # the other metrics, named (README)
+    diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD", "faster-lr", "--all", "--json", "--targets", *files],
+                           repo, env))
     evaluation = diff["data/metrics/eval.json"]
     assert {"old", "new"} <= set(evaluation["win_rate.rl_vs_base.pooled"])
     assert evaluation["win_rate.rl_vs_base.pooled"]["old"] is not None
     assert diff["data/metrics/train.json"]["unet_passes"]["new"] is not None
     assert any(v["old"] != v["new"] for v in diff["data/metrics/train.json"].values())  # the change shows
+    shown = _run(["dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", "Experiment|rl_vs_.*|rl.warmup_iterations"],
+                 repo, env)  # the README's recipe
+    header = shown.splitlines()[0].split(",")
+    assert {"Experiment", "rl_vs_base.win_rate", "rl_vs_control.win_rate", "rl.warmup_iterations"} <= set(header)
+    assert len(header) <= 10 and "faster-lr" in shown
 
 
 # Modules that only move bytes, log, report progress or errors, guard output paths or validate params: editing

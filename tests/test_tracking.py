@@ -57,18 +57,27 @@ def history(client, run, key):
 
 
 def fake_finetune(tmp_path, iterations):
-    """What stages.finetune logs: per-iteration metrics, final metrics, train.json and the model folder."""
+    """What stages.finetune logs: per-iteration metrics, the summary (train.json's keys, under "final."
+    so that no per-iteration series gets a point at step 0), train.json and the model."""
     model = tmp_path / "model"
     model.mkdir(exist_ok=True)
     (model / "config.json").write_text("{}")
-    (tmp_path / "train.json").write_text(json.dumps({"reward_mean": 0.5}))
+    summary = {"composition.reward_last": 0.5, "composition.approx_kl": 0.01, "iterations": iterations}
+    (tmp_path / "train.json").write_text(json.dumps(summary))
     with StageRun("finetune", PARAMS) as run:
         for it in range(1, iterations + 1):
-            run.log_metrics({"composition/reward_mean": 0.1 * it, "composition/kl": 0.01 * it}, step=it)
-        run.log_metrics({"reward_mean": 0.5, "iterations": iterations})
+            run.log_metrics({"composition/reward_mean": 0.1 * it, "composition/approx_kl": 0.01 * it}, step=it)
+        run.log_metrics({f"final.{k}": v for k, v in summary.items()})
         run.log_artifact(tmp_path / "train.json")
-        run.log_artifact(model, "model")
+        run.log_model(model, "rl")
     return run
+
+
+def logged_models(client, run) -> dict[str, list[str]]:
+    """{name: artifact paths} of the MLflow logged models whose source is `run`."""
+    found = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id='{run.info.run_id}'")
+    return {m.name: sorted(a.path for a in client.list_logged_model_artifacts(m.model_id)) for m in found
+            if m.status.to_proto() == m.status.READY.to_proto()}
 
 
 def test_helpers(monkeypatch):
@@ -129,7 +138,8 @@ def test_hung_server_does_not_stall_a_stage_and_sync_sends_to_local_store(tmp_pa
     assert finetune.info.status == "FINISHED" and finetune.data.tags["pipeline.replayed"] == "true"
     assert [s for s, _ in history(client, finetune, "composition.reward_mean")] == [1, 2, 3, 4]
     assert finetune.data.params["rl.tasks.0.name"] == "composition"
-    assert {a.path for a in client.list_artifacts(finetune.info.run_id)} == {"model", "train.json"}
+    assert {a.path for a in client.list_artifacts(finetune.info.run_id)} == {"train.json"}
+    assert logged_models(client, finetune) == {"rl": ["config.json"]}  # the buffered model, logged on replay
     assert pending() == [] and list((tmp_path / "buffer").iterdir()) == []
 
 
@@ -147,6 +157,7 @@ def test_smoke_pipeline_parent_and_children(tracked, mlflow_srv, tmp_path):
     with StageRun("evaluate", {"seed": 0}) as run:
         run.log_metrics({"win_rate/composition": 0.6})
         run.log_artifact(tmp_path / "eval.json")
+        run.log_summary({"rl_vs_base.win_rate": 0.6}, {"rl.lr": 5e-5, "threads": 2}, note="RL beats the base.")
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "index.html").write_text("<html></html>")
     with StageRun("report", {"seed": 0}) as run:
@@ -154,9 +165,13 @@ def test_smoke_pipeline_parent_and_children(tracked, mlflow_srv, tmp_path):
 
     client = client_for(mlflow_srv.url)
     parents, children = group_runs(client, tracked)
-    assert len(parents) == 1 and set(children) == {"pretrain", "finetune", "evaluate", "report"}
+    assert len(parents) == 1 and set(children) == {"prompts", "pretrain", "finetune", "evaluate", "report"}
     parent = parents[0]
     assert parent.data.tags["git_commit"] and "dvc_experiment" in parent.data.tags
+    # The headline on the parent: the runs table compares pipeline runs by it; the verdict is its description.
+    assert parent.data.metrics == {"rl_vs_base.win_rate": 0.6}
+    assert parent.data.params == {"rl.lr": "5e-05", "threads": "2"}
+    assert parent.data.tags["mlflow.note.content"] == "RL beats the base."
     for child in children.values():
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -169,11 +184,15 @@ def test_smoke_pipeline_parent_and_children(tracked, mlflow_srv, tmp_path):
     log_every, steps = smoke["pretrain"]["log_every"], smoke["pretrain"]["steps"]
     assert [s for s, _ in history(client, pre, "pretrain.loss")] == list(range(log_every, steps + 1, log_every))
     assert "pretrain.json" in {a.path for a in client.list_artifacts(pre.info.run_id)}
+    assert set(logged_models(client, pre)) == {"base"} and pre.outputs.model_outputs  # the Models column
+    assert "manifest.json" in {a.path for a in client.list_artifacts(children["prompts"].info.run_id)}
 
     fine = children["finetune"]
     assert fine.data.params["rl.tasks.0.reward"] == "composition"
     assert [s for s, _ in history(client, fine, "composition.reward_mean")] == [1, 2, 3]
-    assert {a.path for a in client.list_artifacts(fine.info.run_id, "model")} == {"model/config.json"}
+    assert [s for s, _ in history(client, fine, "composition.approx_kl")] == [1, 2, 3]  # no summary at step 0
+    assert fine.data.metrics["final.composition.approx_kl"] == 0.01
+    assert logged_models(client, fine) == {"rl": ["config.json"]}
     assert "eval.json" in {a.path for a in client.list_artifacts(children["evaluate"].info.run_id)}
     assert "report/index.html" in {a.path for a in client.list_artifacts(children["report"].info.run_id, "report")}
 
@@ -199,6 +218,9 @@ def test_server_killed_mid_run_or_down_at_start_then_replayed(tracked, mlflow_sr
                     killed.log_metrics({"composition/reward_mean": 0.1 * it}, step=it)
                 (tmp_path / "train.json").write_text("{}")
                 killed.log_artifact(tmp_path / "train.json")
+                (tmp_path / "model").mkdir()
+                (tmp_path / "model" / "config.json").write_text("{}")
+                killed.log_model(tmp_path / "model", "rl")
         assert time.monotonic() - began < 20
         assert killed.run_id and killed.buffer_path.exists()
 
@@ -210,6 +232,7 @@ def test_server_killed_mid_run_or_down_at_start_then_replayed(tracked, mlflow_sr
                     down.log_metrics({"judge/loss": 1.0 / (step + 1)}, step=step)
                 (tmp_path / "eval.json").write_text('{"win_rate": 0.6}')
                 down.log_artifact(tmp_path / "eval.json")
+                down.log_summary({"rl_vs_base.win_rate": 0.6}, {"seed": 0}, note="RL beats the base.")
         assert time.monotonic() - began < 10
         assert down.run_id is None
         assert pending(mlflow_srv.url) == sorted([killed.buffer_path, down.buffer_path])
@@ -226,6 +249,9 @@ def test_server_killed_mid_run_or_down_at_start_then_replayed(tracked, mlflow_sr
     assert fine.info.status == "FINISHED"
     assert [s for s, _ in history(client, fine, "composition.reward_mean")] == list(range(1, 11))
     assert "train.json" in {a.path for a in client.list_artifacts(killed.run_id)}
+    assert logged_models(client, fine) == {"rl": ["config.json"]}
+    assert parents[0].data.metrics == {"rl_vs_base.win_rate": 0.6} and parents[0].data.params == {"seed": "0"}
+    assert parents[0].data.tags["mlflow.note.content"] == "RL beats the base."
     evaluate = children["evaluate"]
     assert evaluate.data.tags["pipeline.replayed"] == "true" and evaluate.info.status == "FINISHED"
     assert evaluate.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -276,3 +302,4 @@ def test_runs_of_killed_stages_do_not_stay_running(tmp_path, monkeypatch):
         assert client.get_run(ids["SIGKILL"]).info.status == "KILLED"
         assert client.get_run(live).info.status == "RUNNING"
     assert client.get_run(run.run_id).info.status == "FINISHED"
+
