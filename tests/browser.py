@@ -97,6 +97,66 @@ def open_page(url_or_path: str | Path, screenshot: str | Path | None = None, tim
         driver.quit()
 
 
+# Counts, per spec, the data marks vega placed (bars, line points, symbols, areas at finite positions; not
+# axes or rules) by walking each view's scene graph. A spec whose data does not fit its encoding (a text
+# field on a quantitative axis: "Infinite extent") places none.
+VEGA_MARKS_JS = """
+const specs = arguments[0], done = arguments[arguments.length - 1];
+const drawn = ['rect', 'line', 'symbol', 'area'];
+function count(node) {
+  let n = 0;
+  for (const mark of (node && node.items) || []) {
+    if (mark.marktype === 'group') { for (const group of mark.items || []) n += count(group); }
+    else if (mark.role === 'mark' && drawn.includes(mark.marktype))
+      n += (mark.items || []).filter(i => Number.isFinite(i.x) && Number.isFinite(i.y)).length;
+  }
+  return n;
+}
+Promise.all(specs.map(spec => {
+  const element = document.createElement('div');
+  document.body.appendChild(element);
+  return vegaEmbed(element, spec, {renderer: 'svg', actions: false})
+    .then(result => count(result.view.scenegraph().root.items[0]), error => 'error: ' + error);
+})).then(done, error => done(['error: ' + error]));
+"""
+
+
+def dvc_plot_specs(page: str) -> dict[str, dict]:
+    """The vega-lite specs of a `dvc plots show` page, by plot div id (dvc_render/vega.py writes
+    `var spec = {...}; vegaEmbed('#<id>', spec);` for each)."""
+    import json
+    import re
+
+    specs = {}
+    for match in re.finditer(r"var spec = ", page):
+        spec, end = json.JSONDecoder().raw_decode(page, match.end())
+        target = re.match(r";\s*vegaEmbed\('#([^']+)'", page[end:])
+        specs[target.group(1) if target else str(len(specs))] = spec
+    return specs
+
+
+def vega_mark_counts(page_path: str | Path, specs: list[dict], timeout_s: float = 60.0) -> list:
+    """Draw `specs` in headless Chromium on the page `page_path` (which loads vega-embed) and return the
+    number of data marks each drew, or 'error: ...' where vega failed."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = require_chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        driver.set_page_load_timeout(timeout_s)
+        driver.set_script_timeout(timeout_s)
+        driver.get(_as_url(page_path))
+        _wait(driver, "return document.readyState === 'complete' && typeof vegaEmbed === 'function';", timeout_s)
+        return driver.execute_async_script(VEGA_MARKS_JS, specs)
+    finally:
+        driver.quit()
+
+
 # The text of the elements that lie wholly within the first viewport (what a reader sees before scrolling).
 FIRST_SCREEN_JS = """
 const height = window.innerHeight;

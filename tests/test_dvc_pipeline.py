@@ -35,6 +35,8 @@ def dvc_repo(tmp_path_factory):
     _run(["git", "init", "-q"], repo, env)
     _run(["dvc", "init", "-q"], repo, env)
     _run(["dvc", "config", "core.site_cache_dir", str(repo / ".cache" / "dvc-site")], repo, env)
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # the plot templates and offline page
+    _run(["dvc", "config", "plots.html_template", "plots/offline.html"], repo, env)
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "init"], repo, env)
     return repo, env
@@ -68,6 +70,29 @@ def test_whole_pipeline_reproduces_and_reports(dvc_repo):
     everything = _run(["dvc", "metrics", "show", "--json", "data/metrics/eval.json"], repo, env)
     assert "win_rate.rl_vs_base.pooled" in everything  # the rest, on request
     assert "up to date" in _run(["dvc", "status"], repo, env).lower()
+
+
+def test_dvc_plots_show_draws_every_plot(dvc_repo, tmp_path):
+    """Each plot of `dvc plots show` draws data marks in headless Chromium, with titled axes: the
+    categorical CSVs on bar templates, train.csv one line per task (.dvc/plots/*.json)."""
+    from tests.browser import dvc_plot_specs, require_chromium, vega_mark_counts
+
+    require_chromium()
+    repo, env = dvc_repo
+    _run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo, env)
+    page = tmp_path / "plots" / "index.html"
+    specs = dvc_plot_specs(page.read_text())
+    assert set(specs) == {"data_plots_train_csv", "data_plots_win_rate_csv", "data_plots_composition_csv"}
+    broken = {"mark": "line", "data": {"values": [{"task": "a", "v": "1"}, {"task": "b", "v": "2"}]},
+              "encoding": {"x": {"field": "task", "type": "quantitative"}, "y": {"field": "v", "type": "quantitative"}}}
+    counts = vega_mark_counts(page, [*specs.values(), broken])
+    assert counts[-1] == 0, "the check must see an empty plot (a text x axis on a quantitative scale)"
+    assert all(isinstance(n, int) and n > 0 for n in counts[:-1]), dict(zip(specs, counts))
+    for name, spec in specs.items():
+        text = json.dumps(spec)
+        assert '"title": "<DVC' not in text and "DVC_METRIC" not in text, name  # every anchor filled
+    train = json.dumps(specs["data_plots_train_csv"])
+    assert '"field": "task"' in train and '"title": "RL iteration"' in train
 
 
 def test_killed_finetune_resumes_on_next_dvc_repro(dvc_repo):
