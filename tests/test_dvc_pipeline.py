@@ -27,7 +27,7 @@ def dvc_repo(tmp_path_factory):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     shutil.copy(SMOKE_PARAMS, repo / "params.yaml")
-    (repo / ".gitignore").write_text("/data/\n/checkpoints/\n/mlflow.db\n/.cache/\n")
+    (repo / ".gitignore").write_text("/data/\n/checkpoints/\n/mlflow.db\n/mlruns/\n/.cache/\n")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(repo),
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
@@ -70,6 +70,22 @@ def test_whole_pipeline_reproduces_and_reports(dvc_repo):
     everything = _run(["dvc", "metrics", "show", "--json", "data/metrics/eval.json"], repo, env)
     assert "win_rate.rl_vs_base.pooled" in everything  # the rest, on request
     assert "up to date" in _run(["dvc", "status"], repo, env).lower()
+
+
+def test_a_second_dvc_repro_from_a_fresh_clone_leaves_dvc_lock_unchanged(dvc_repo, tmp_path):
+    """Commit the run, clone it elsewhere (no DVC cache: every stage runs again, from other absolute
+    paths) and `dvc repro`: the same params give the same bytes, so dvc.lock and `git status` stay clean.
+    Wall-clock timings live in MLflow, models name no source folder, the report no run ids or commit."""
+    repo, env = dvc_repo
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "first run"], repo, env)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    clone_env = {**env, "PYTHONPATH": str(clone), "MLFLOW_TRACKING_URI": f"sqlite:///{clone / 'mlflow.db'}"}
+    _run(["dvc", "config", "--local", "core.site_cache_dir", str(clone / ".cache" / "dvc-site")], clone, clone_env)
+    log = _run(["dvc", "repro"], clone, clone_env)
+    assert log.count("Running stage") == 10  # everything ran again
+    assert _run(["git", "status", "--porcelain"], clone, clone_env) == "", _run(["git", "diff"], clone, clone_env)
 
 
 def test_dvc_plots_show_draws_every_plot(dvc_repo, tmp_path):
