@@ -163,9 +163,44 @@ def pipeline_flow(overrides: dict[str, Any] | list[str] | None = None, experimen
     order = stage_order(workdir, stages)
     if set_params or experiment:
         job = run_experiment.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
-        return [job(experiment or "", set_params, list(stages or []), workdir, env)]
-    job = run_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
-    return [job(stage, workdir, env) for stage in order]
+        results = [job(experiment or "", set_params, list(stages or []), workdir, env)]
+        ran = set(results[0]["ran"])
+    else:
+        job = run_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
+        results = [job(stage, workdir, env) for stage in order]
+        ran = {r["stage"] for r in results if r["ran"]}
+    publish_verdict(workdir, "ran" if EVALUATE in ran else "up to date" if EVALUATE in order else "not run")
+    return results
+
+
+EVALUATE = "evaluate"  # the stage that writes eval.json
+EVAL_JSON = Path("data") / "metrics" / "eval.json"
+REPORT = Path("data") / "report" / "index.html"
+
+
+def publish_verdict(workdir: str, evaluate: str) -> str | None:
+    """The run's verdict (pipeline/verdict.py, from `<workdir>/data/metrics/eval.json`) as the flow
+    run's Markdown artifact `pipeline-verdict`, with where the report is; also in the flow's log.
+    `evaluate` says whether the evaluate stage "ran", was "up to date" or was "not run" by this flow."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from pipeline.verdict import read_eval, to_markdown, verdict
+
+    logger = get_run_logger()
+    path = Path(workdir) / EVAL_JSON
+    if not path.is_file():
+        logger.info("no %s: no verdict to publish", path)
+        return None
+    when = {"ran": "the evaluate stage ran in this flow run",
+            "up to date": "the evaluate stage was up to date, so DVC skipped it",
+            "not run": "the evaluate stage was not among this run's stages: it may predate this run's models"}[evaluate]
+    report = Path(workdir) / REPORT
+    markdown = f"## Verdict\n\nFrom `{path}` ({when}).\n\n{to_markdown(verdict(read_eval(path)))}"
+    if report.is_file():
+        markdown += f"\nReport: [{report}]({report.as_uri()}) (open it in a browser).\n"
+    create_markdown_artifact(key="pipeline-verdict", markdown=markdown, description="the pipeline run's verdict")
+    logger.info("%s", markdown)
+    return markdown
 
 
 EXAMPLES = """examples:

@@ -53,6 +53,33 @@ def test_stage_tasks_run_in_topological_order(harness, tmp_path):
     assert [(r["stage"], r["ran"]) for r in state.result()] == [("a", False), ("b", False)]
 
 
+def test_flow_run_states_the_verdict_in_a_markdown_artifact(harness, tmp_path):
+    """After the stages, the flow run carries the verdict of data/metrics/eval.json (pipeline/verdict.py)
+    as its Markdown artifact, saying whether this run's evaluate stage made that file."""
+    import json
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    from pipeline.verdict import verdict
+
+    repo = tiny_dvc_repo(tmp_path / "repo")
+    metrics = {"win_rate.rl_vs_base.pooled": 0.61, "win_rate.rl_vs_base.pooled_ci_low": 0.55,
+               "win_rate.rl_vs_base.pooled_ci_high": 0.67, "win_rate.rl_vs_control.pooled": 0.48,
+               "win_rate.rl_vs_control.pooled_ci_low": 0.42, "win_rate.rl_vs_control.pooled_ci_high": 0.54}
+    (repo / "data" / "metrics").mkdir(parents=True)
+    (repo / "data" / "metrics" / "eval.json").write_text(json.dumps(metrics))
+    state = flows.pipeline_flow(cwd=str(repo), retries=0, return_state=True)
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pipeline-verdict"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert len(found) == 1 and found[0].type == "markdown"
+    assert verdict(metrics).sentence in found[0].data and "0.480 [0.420, 0.540]" in found[0].data
+    assert "was not among this run's stages" in found[0].data  # the tiny project has no evaluate stage
+
+
 def test_failing_stage_is_retried_then_reported_failed(harness, tmp_path):
     repo = tiny_dvc_repo(tmp_path / "repo", fail={"b": 1})
     state = flows.pipeline_flow(cwd=str(repo), retries=2, retry_delay_seconds=0, return_state=True)
