@@ -20,12 +20,50 @@ torch.set_num_threads(1)
 SMOKE_PARAMS = Path(__file__).parent / "params.smoke.yaml"
 
 
+# The checkout's own tracking store, runs and buffer: the user's, which the suite must never write to.
+CHECKOUT_TRACKING = (pipeline.PROJECT_ROOT / "mlflow.db", pipeline.PROJECT_ROOT / "mlruns",
+                     pipeline.PROJECT_ROOT / ".cache" / "mlflow-buffer")
+
+
+def tracking_fingerprint() -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of every file of the checkout's tracking store, runs and buffer."""
+    files = []
+    for root in CHECKOUT_TRACKING:
+        found = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        files += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in found]
+    return files
+
+
+CHECKOUT_AT_START = tracking_fingerprint()
+SESSION_TRACKING: dict[str, str] = {}  # the session store's URI, once _session_tracking has set it
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_tracking(tmp_path_factory):
+    """Before any other fixture (session-scoped fixtures like smoke_workspace run stages too): tracking
+    goes to a store of the session's own, never the checkout's mlflow.db."""
+    SESSION_TRACKING["uri"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow-session') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", SESSION_TRACKING["uri"])
+        mp.setenv("PIPELINE_MLFLOW_BUFFER", str(tmp_path_factory.mktemp("buffer-session")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_tracking(tmp_path_factory, monkeypatch):
     """Every test logs to its own SQLite MLflow store unless it sets MLFLOW_TRACKING_URI itself."""
     store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     monkeypatch.setenv("PIPELINE_MLFLOW_BUFFER", str(tmp_path_factory.mktemp("buffer")))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite as a whole leaves the checkout's tracking store alone (tests/test_tracking.py checks it
+    within the session too): a change fails the run."""
+    if tracking_fingerprint() != CHECKOUT_AT_START:
+        print("\nerror: the checkout's MLflow store (mlflow.db, mlruns/ or .cache/mlflow-buffer) changed during the "
+              "test suite: a test wrote to it (or another process did meanwhile)")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def task_trainer(model, params, reward: str | None = None):

@@ -303,3 +303,25 @@ def test_runs_of_killed_stages_do_not_stay_running(tmp_path, monkeypatch):
         assert client.get_run(live).info.status == "RUNNING"
     assert client.get_run(run.run_id).info.status == "FINISHED"
 
+
+def test_the_suite_leaves_the_checkouts_mlflow_store_alone(smoke_workspace):
+    """Session fixtures run before function-scoped ones: smoke_workspace's real stages once logged into
+    the checkout's mlflow.db. Now the session's own store has their runs, and the checkout's store,
+    runs and buffer are as the session found them (conftest.py checks again at the end)."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import CHECKOUT_AT_START, SESSION_TRACKING, tracking_fingerprint
+
+    checkout = f"sqlite:///{tracking_client.PROJECT_ROOT / 'mlflow.db'}"
+    assert SESSION_TRACKING["uri"] != checkout and os.environ["MLFLOW_TRACKING_URI"] != checkout
+    session = MlflowClient(SESSION_TRACKING["uri"])
+    experiment = session.get_experiment_by_name(tracking_client.EXPERIMENT)
+    assert experiment is not None
+    stages = {r.info.run_name for r in session.search_runs([experiment.experiment_id])}
+    assert {"prompts", "pretrain"} <= stages  # smoke_workspace's stages logged there
+    with StageRun("evaluate", {"seed": 0}) as run:  # a stage under this test's own store
+        run.log_metrics({"pairs": 1})
+    assert run.run_id is not None
+    assert tracking_fingerprint() == CHECKOUT_AT_START
