@@ -178,6 +178,13 @@ class StageRun:
         if path.is_dir():
             self._call(calls.log_model, path, name, event=None)
 
+    def log_outputs(self, *files: str | Path, models: dict[str, str | Path] | None = None) -> None:
+        """A stage's outputs: `files` as artifacts, `models` ({name: folder}) as logged models."""
+        for path in files:
+            self.log_artifact(path)
+        for name, path in (models or {}).items():
+            self.log_model(path, name)
+
     def log_summary(self, metrics: dict[str, float], params: dict, note: str | None = None) -> None:
         """The pipeline run's headline on the parent run: metrics and key params, so the runs table
         compares pipeline runs, and `note` (Markdown) as the run's description. A parent that already

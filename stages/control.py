@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                        "rl_unet_passes": budget["unet_passes"]}
             write_json(args.metrics, metrics)
             run.log_metrics({"steps": result.steps, "seconds": result.seconds})
-            run.log_artifact(args.metrics)
-            run.log_model(args.out, "control")
+            run.log_outputs(args.metrics, models={"control": args.out})
         matched = (f"{budget['seconds'] / 60:.1f} min of RL's wall time" if wall else
                    f"{metrics['rl_unet_passes']:.3g} UNet passes of RL, {metrics['unet_passes']:.3g} here")
         print(f"control: the base pretrained on for {result.steps} more steps ({matched}) in {result.seconds / 60:.1f} "

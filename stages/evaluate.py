@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             result = verdict(read_eval(args.metrics))  # from the file: the verdict's numbers are eval.json's
             write_json(args.headline, result.headline)
             run.log_metrics(ev.metrics)
-            for path in (Path(args.metrics), Path(args.headline), *(Path(args.plots) / name for name in PLOT_FILES)):
-                run.log_artifact(path)
+            run.log_outputs(args.metrics, args.headline, *(Path(args.plots) / name for name in PLOT_FILES))
             run.log_summary(headline_metrics(result.headline), key_params(params), note=to_markdown(result))
         print(f"evaluate: {len(data.rows)} (prompt, seed) pairs of {', '.join(data.images)} -> {args.metrics} "
               f"({len(ev.metrics)} metrics); the headline, {args.headline}:")

@@ -24,7 +24,7 @@ class _Untracked:
     def log_metrics(self, *args, **kwargs):
         pass
 
-    log_artifact = log_model = log_metrics
+    log_outputs = log_metrics
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             write_json(args.budget, budget_record(trainer.state, timing, params.control.budget))
             # "final." keeps the summary apart from the per-iteration series of the same names
             run.log_metrics({f"final.{k}": v for k, v in metrics.items()} | {"seconds": timing["seconds"]})
-            for path in (args.metrics, args.plots, args.budget):
-                run.log_artifact(path)
-            run.log_model(args.out, "rl")
+            run.log_outputs(args.metrics, args.plots, args.budget, models={"rl": args.out})
         print(result_line(metrics, timing["seconds"], machine(params), args.out))
 
     run_main("finetune", args, body)

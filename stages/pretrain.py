@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> None:
                 result.model.save_pretrained(tmp)
             write_json(args.metrics, metrics)
             run.log_metrics({**accuracy, "seconds": result.seconds})
-            run.log_artifact(args.metrics)
-            run.log_model(args.out, "base")
+            run.log_outputs(args.metrics, models={"base": args.out})
         print(f"pretrain: {result.steps} steps in {result.seconds / 60:.1f} min ({machine(params)}), final loss "
               f"{metrics['loss']:.4f}; the base draws single-object prompts exactly right in "
               f"{accuracy.get('single_exact', float('nan')):.1%} of images, two-object prompts in "

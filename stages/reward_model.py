@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             write_json(args.metrics, flat)
             run.log_metrics({**flat, "seconds": time.monotonic() - began})
-            run.log_artifact(args.metrics)
-            run.log_model(args.out, "reward")
+            run.log_outputs(args.metrics, models={"reward": args.out})
         print(f"reward_model: {flat.get('train_pairs', 0)} labelled pairs trained on, {flat.get('heldout_pairs', 0)} "
               f"held out, in {(time.monotonic() - began) / 60:.1f} min; on the held-out pairs it agrees with a fresh "
               f"rater {flat.get('heldout_accuracy', float('nan')):.1%} of the time, the panel's noise-free verdict "

@@ -6,6 +6,7 @@ or its driver is missing, except in CI (`CI` set), where a missing browser fails
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -57,6 +58,29 @@ def _wait(driver, condition_js: str, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def chromium(timeout_s: float, width: int = 1280, console: bool = False):
+    """A headless Chromium driver (FLAGS; `width` px wide; the browser log kept with `console`), quit after."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = require_chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in FLAGS:
+        options.add_argument(flag)
+    if console:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        driver.set_window_size(width, 900)
+        driver.set_page_load_timeout(timeout_s)
+        driver.set_script_timeout(timeout_s)
+        yield driver
+    finally:
+        driver.quit()
+
+
 def open_page(url_or_path: str | Path, screenshot: str | Path | None = None, timeout_s: float = 20.0,
               settle_s: float = 0.0, width: int = 1280) -> tuple[list[str], list[dict], str]:
     """Load a page in headless Chromium; return (console errors, images info, page text).
@@ -66,20 +90,9 @@ def open_page(url_or_path: str | Path, screenshot: str | Path | None = None, tim
     `screenshot`, a full-page PNG (capped in height) is written there. `settle_s` waits that long
     after load for client-side rendering (single-page apps). `width`: the window's, in pixels.
     """
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    browser, driver_path = require_chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
-    try:
-        driver.set_window_size(width, 900)
-        driver.set_page_load_timeout(timeout_s)
+    with chromium(timeout_s, width, console=True) as driver:
         driver.get(_as_url(url_or_path))
         _wait(driver, "return document.readyState === 'complete' && "
                       "Array.from(document.images).every(i => i.complete);", timeout_s)
@@ -93,8 +106,6 @@ def open_page(url_or_path: str | Path, screenshot: str | Path | None = None, tim
             driver.set_window_size(width, max(600, min(int(height) + 100, MAX_SCREENSHOT_HEIGHT)))
             driver.save_screenshot(str(screenshot))
         return errors, images, text
-    finally:
-        driver.quit()
 
 
 # Counts, per spec, the data marks vega placed (bars, line points, symbols, areas at finite positions; not
@@ -138,23 +149,10 @@ def dvc_plot_specs(page: str) -> dict[str, dict]:
 def vega_mark_counts(page_path: str | Path, specs: list[dict], timeout_s: float = 60.0) -> list:
     """Draw `specs` in headless Chromium on the page `page_path` (which loads vega-embed) and return the
     number of data marks each drew, or 'error: ...' where vega failed."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    browser, driver_path = require_chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
-    try:
-        driver.set_page_load_timeout(timeout_s)
-        driver.set_script_timeout(timeout_s)
+    with chromium(timeout_s) as driver:
         driver.get(_as_url(page_path))
         _wait(driver, "return document.readyState === 'complete' && typeof vegaEmbed === 'function';", timeout_s)
         return driver.execute_async_script(VEGA_MARKS_JS, specs)
-    finally:
-        driver.quit()
 
 
 # The text of the elements that lie wholly within the first viewport (what a reader sees before scrolling).
@@ -169,21 +167,9 @@ return Array.from(document.querySelectorAll('h1, h2, h3, p, th, td, figcaption')
 def first_screen(url_or_path: str | Path, screenshot: str | Path | None = None, timeout_s: float = 20.0) -> str:
     """The text wholly visible in the first 1280x900 viewport of a page, unscrolled; with `screenshot`,
     a PNG of that viewport."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    browser, driver_path = require_chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
-    try:
-        driver.set_page_load_timeout(timeout_s)
+    with chromium(timeout_s) as driver:
         driver.get(_as_url(url_or_path))
         _wait(driver, "return document.readyState === 'complete';", timeout_s)
         if screenshot is not None:
             driver.save_screenshot(str(screenshot))
         return driver.execute_script(FIRST_SCREEN_JS)
-    finally:
-        driver.quit()
