@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> None:
                 write_json(out / MANIFEST, manifest)
             run.log_metrics({f"{task}.{k}": v for task, counts in manifest.items() for k, v in counts.items()})
             run.log_artifact(Path(args.out) / MANIFEST)
-        corpora = "; ".join(f"{task} {m['train']} train / {m['eval']} eval ({m['eval_unseen']} with held-out colour-shape "
-                            f"pairs{'' if m['disjoint'] else ', eval prompts may be train prompts'})"
+        corpora = ", ".join(f"{task} {m['train']}/{m['eval']}{'' if m['disjoint'] else ' (shared)'}"
                             for task, m in manifest.items())
-        print(f"prompts: {corpora} -> {args.out}")
+        unseen = sum(m["eval_unseen"] for m in manifest.values())
+        print(f"prompts: train/eval prompts per corpus: {corpora}; {unseen} eval prompts hold colour-shape pairs no "
+              f"train prompt has; (shared): eval prompts may be train prompts -> {args.out}")
 
     run_main("prompts", args, body)
 
