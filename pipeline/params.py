@@ -195,6 +195,11 @@ class RLParams(_Section):
     nft_beta: float = Field(1.0, gt=0.0)  # nft: how far the implicit policies move per unit of loss
     nft_adv_scale: float = Field(2.0, gt=0.0)  # nft: |advantage| at which r reaches 0 or 1
     nft_t_min: float = Field(0.0, ge=0.0, lt=1.0)  # nft: train timesteps from t_min * T up
+    # nft: the guidance of the prediction trained (None: the rollouts'; 1: the conditional branch alone)
+    nft_guidance: float | None = Field(None, ge=1.0)
+    # nft: weight of ||v_theta - v_ref||^2, the pull back to the model RL started from (0: none). NFT's own
+    # anchor is the policy of the current iteration, so without this its steps add up as drift.
+    nft_ref_weight: float = Field(0.0, ge=0.0)
     rollout_steps: int | None = Field(None, ge=2, le=1000)  # RL rollouts' DDIM steps; None = sampling.steps
     rollout_guidance: float | None = Field(None, ge=1.0)  # RL rollouts' guidance; None = sampling.guidance
     iterations: int = Field(100, ge=1)

@@ -98,10 +98,47 @@ def test_nft_rollouts_use_their_own_steps_and_guidance(smoke_workspace, monkeypa
 @pytest.mark.parametrize("bad, message", [
     ({"nft_beta": 0}, "rl.nft_beta"), ({"nft_adv_scale": -1}, "rl.nft_adv_scale"), ({"nft_t_min": 1.0}, "rl.nft_t_min"),
     ({"rollout_steps": 1}, "rl.rollout_steps"), ({"rollout_guidance": 0.5}, "rl.rollout_guidance"),
-    ({"algorithm": "grpo"}, "rl.algorithm"),
+    ({"algorithm": "grpo"}, "rl.algorithm"), ({"nft_guidance": 0.5}, "rl.nft_guidance"),
+    ({"nft_ref_weight": -1}, "rl.nft_ref_weight"),
 ])
 def test_bad_estimator_params_name_the_key(bad, message):
     raw = yaml.safe_load(SMOKE_PARAMS.read_text())
     raw["rl"].update({"algorithm": "nft", "eta": 0.0, "share_group_noise": False, **bad})
     with pytest.raises(ValueError, match=message):
         parse_params(raw, "p.yaml")
+
+
+def test_reference_anchor_pulls_back_to_the_starting_model(smoke_workspace):
+    """With rl.nft_ref_weight the loss carries ||v_theta - v_ref||^2 to a frozen copy of the starting UNet:
+    at the start it adds nothing, and after the weights moved it is positive and pulls them back."""
+    from pipeline.rl.nft import draw_points, points_loss, prepare_points
+
+    params = _nft_params(nft_ref_weight=5.0)
+    trainer = task_trainer(load_model(smoke_workspace / "base", params), params, reward="null")
+    assert trainer.reference is not None and not any(p.requires_grad for p in trainer.reference.parameters())
+    batch, traj = trainer.sample_task(trainer.tasks[0], 0)
+    samples, timesteps, noise = draw_points(trainer.model, traj, 2, torch.Generator().manual_seed(0))
+
+    def losses():
+        points = prepare_points(trainer.model, traj, samples, timesteps, noise, uncond=trainer.uncond,
+                                guidance=trainer.guidance, chunk=len(samples), reference=trainer.reference)
+        r = torch.full((len(traj),), 0.5)
+        with_ref = points_loss(trainer.model, traj, points, r, beta=1.0, uncond=trainer.uncond,
+                               guidance=trainer.guidance, ref_weight=5.0)
+        without = points_loss(trainer.model, traj, points, r, beta=1.0, uncond=trainer.uncond,
+                              guidance=trainer.guidance)
+        return float(with_ref), float(without)
+
+    with_ref, without = losses()
+    assert with_ref == pytest.approx(without, abs=1e-6)  # the reference is the starting model
+    with torch.no_grad():
+        for p in trainer.parameters:
+            p.add_(0.01 * torch.randn_like(p))
+    with_ref, without = losses()
+    assert with_ref > without + 1e-4
+    assert _no_reference_without_the_anchor(smoke_workspace)
+
+
+def _no_reference_without_the_anchor(smoke_workspace) -> bool:
+    params = _nft_params()
+    return task_trainer(load_model(smoke_workspace / "base", params), params, reward="null").reference is None

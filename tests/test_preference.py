@@ -205,3 +205,20 @@ def test_stream_and_mismatch_pairs_teach_what_the_panel_values():
     assert (panel.utility(clean["images_a"], clean["prompts"]) > 9.5).all()  # clean renders that match
     spoilt = render_pairs(records, 60, Realism(defect_rate=1.0), RES, seed=0, mismatch=False)
     assert panel.utility(spoilt["images_a"], spoilt["prompts"]).mean() < 9.0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"sources": {"groups": 1.0}}, r"'reward_model.sources'.*unknown pair source 'groups' \(did you mean 'group'\?\)"),
+    ({"sources": {"group": -1.0, "stream": 2.0}}, "'reward_model.sources'.*>= 0"),
+    ({"sources": {"group": 0.0}}, "'reward_model.sources'.*positive sum"),
+    ({"votes": 0}, "'reward_model.votes'"),
+    ({"group_size": 1}, "'reward_model.group_size'"),
+    ({"channels": [16, 32]}, "'reward_model.channels\\[2\\]'"),
+])
+def test_bad_reward_model_params_name_the_key(bad, message):
+    from pipeline.config import parse_params
+    from pipeline.errors import ParamsError
+
+    raw = {"reward_model": bad, "rl": {"tasks": [{"name": "c", "reward": "composition", "prompts": "composition"}]}}
+    with pytest.raises(ParamsError, match=message):
+        parse_params(raw, "p.yaml")

@@ -18,6 +18,7 @@ never needed, so rollouts may use any sampler, deterministic DDIM included.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,7 @@ class NFTPoints:
     x_t: torch.Tensor  # [N, C, H, W]
     target: torch.Tensor  # [N, C, H, W]: the diffusion target for (x0, noise, t)
     v_old: torch.Tensor  # [N, C, H, W]: the sampling policy's (guided) prediction at (x_t, t)
+    v_ref: torch.Tensor | None = None  # the reference model's prediction there (rl.nft_ref_weight > 0)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -75,11 +77,23 @@ def draw_points(model: Text2ImageModel, traj: Trajectory, per_sample: int, gener
     return samples, timesteps, noise
 
 
+@contextlib.contextmanager
+def denoising_with(model: Text2ImageModel, unet: torch.nn.Module):
+    """`model` predicts with `unet` (e.g. the frozen reference) inside the block."""
+    previous = model.__dict__.get("_denoiser")
+    model.wrap_denoiser(unet)
+    try:
+        yield model
+    finally:
+        model.wrap_denoiser(previous)
+
+
 @torch.no_grad()
 def prepare_points(model: Text2ImageModel, traj: Trajectory, samples: torch.Tensor, timesteps: torch.Tensor,
                    noise: torch.Tensor, *, uncond: torch.Tensor | None, guidance: float,
-                   chunk: int = 256) -> NFTPoints:
-    """x_t, targets and v_old (the current weights' guided prediction, before any update)."""
+                   chunk: int = 256, reference: torch.nn.Module | None = None) -> NFTPoints:
+    """x_t, targets, v_old (the current weights' guided prediction, before any update) and, given a
+    `reference` UNet, v_ref (its prediction at the same points)."""
     device = traj.latents.device
     x0 = traj.latents[samples.to(device), -1]
     noise, steps = noise.to(device, x0.dtype), timesteps.to(device)
@@ -87,21 +101,34 @@ def prepare_points(model: Text2ImageModel, traj: Trajectory, samples: torch.Tens
     target = diffusion_target(model.scheduler, x0, noise, steps)
     was_training = model.training
     model.eval()
-    v_old = torch.cat([
-        guided_prediction(model, x_t[i:i + chunk], steps[i:i + chunk], traj.embeds[samples[i:i + chunk].to(device)],
-                          uncond, guidance).float()
-        for i in range(0, len(samples), chunk)])
+
+    def predict() -> torch.Tensor:
+        return torch.cat([
+            guided_prediction(model, x_t[i:i + chunk], steps[i:i + chunk],
+                              traj.embeds[samples[i:i + chunk].to(device)], uncond, guidance).float()
+            for i in range(0, len(samples), chunk)])
+
+    v_old = predict()
+    v_ref = None
+    if reference is not None:
+        with denoising_with(model, reference):
+            v_ref = predict()
     model.train(was_training)
-    return NFTPoints(samples, timesteps, x_t, target, v_old)
+    return NFTPoints(samples, timesteps, x_t, target, v_old, v_ref)
 
 
 def points_loss(model: Text2ImageModel, traj: Trajectory, points: NFTPoints, r: torch.Tensor, *, beta: float,
-                uncond: torch.Tensor | None, guidance: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The mean negative-aware loss over `points` under the current weights (differentiable)."""
+                uncond: torch.Tensor | None, guidance: float, mask: torch.Tensor | None = None,
+                ref_weight: float = 0.0) -> torch.Tensor:
+    """The mean negative-aware loss over `points` under the current weights (differentiable), plus
+    `ref_weight` * ||v_theta - v_ref||^2 when the points carry the reference's predictions."""
     device = traj.latents.device
     v_theta = guided_prediction(model, points.x_t, points.timesteps.to(device),
                                 traj.embeds[points.samples.to(device)], uncond, guidance)
     per_point = nft_loss(v_theta, points.v_old, points.target, r[points.samples], beta)
+    if ref_weight and points.v_ref is not None:
+        dims = tuple(range(1, v_theta.ndim))
+        per_point = per_point + ref_weight * ((v_theta.float() - points.v_ref) ** 2).mean(dims)
     if mask is not None:
         keep = mask[points.samples].to(per_point.device)
         return per_point[keep].mean() if bool(keep.any()) else (per_point * 0).sum()
@@ -114,6 +141,8 @@ def nft_update(trainer, traj: Trajectory, advantages: torch.Tensor, valid: torch
     rollout in `optimizer_steps` minibatches per inner epoch. Returns loss_rl and grad_norm_rl per step
     and the mean |2r - 1| (how hard the advantages pull) as optimality_spread."""
     rl, model = trainer.rl, trainer.model
+    guidance = trainer.guidance if rl.nft_guidance is None else rl.nft_guidance
+    uncond = trainer.uncond if guidance != 1.0 else None
     r = optimality(advantages, rl.nft_adv_scale)
     stats = {"loss_rl": [], "grad_norm_rl": [], "optimality_spread": [float((2 * r[valid] - 1).abs().mean())]}
     for _ in range(rl.inner_epochs):
@@ -122,14 +151,16 @@ def nft_update(trainer, traj: Trajectory, advantages: torch.Tensor, valid: torch
         # each minibatch's frozen predictions in the very call shape it trains in, before the first step:
         # at theta_old the change is then exactly 0 (not kernel rounding, which Adam would scale up)
         minibatches = [prepare_points(model, traj, samples[rows], timesteps[rows], noise[rows],
-                                      uncond=trainer.uncond, guidance=trainer.guidance, chunk=len(rows))
+                                      uncond=uncond, guidance=guidance, chunk=len(rows), reference=trainer.reference)
                        for rows in order.chunk(rl.optimizer_steps)]
-        trainer.count_passes(len(samples), train=False)
+        rows_per_point = 2 if uncond is not None else 1
+        trainer.count_passes(len(samples) * (2 if trainer.reference is not None else 1), train=False,
+                             rows=rows_per_point)
         model.train()
         for points in minibatches:
-            loss = points_loss(model, traj, points, r, beta=rl.nft_beta, uncond=trainer.uncond,
-                               guidance=trainer.guidance, mask=valid)
+            loss = points_loss(model, traj, points, r, beta=rl.nft_beta, uncond=uncond, guidance=guidance,
+                               mask=valid, ref_weight=rl.nft_ref_weight)
             stats["grad_norm_rl"].append(trainer.optimiser_step(trainer.with_joint_pretraining(loss), scale=step_scale))
-            trainer.count_passes(len(points), train=True)
+            trainer.count_passes(len(points), train=True, rows=rows_per_point)
             stats["loss_rl"].append(loss.item())
     return stats

@@ -7,6 +7,7 @@ added to the RL loss). The trainer knows rewards only through the registry inter
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -81,6 +82,9 @@ class RLTrainer:
         self.rng = np.random.default_rng([seed, self.dist.process_index])
         self.generator = torch.Generator().manual_seed(seed * 7919 + self.dist.process_index)
         self.state = TrainerState()
+        # nft's anchor to the model RL started from: a frozen copy of its UNet (adapters, if any, at zero)
+        self.reference = (copy.deepcopy(model.unet).eval().requires_grad_(False)
+                          if rl.algorithm == "nft" and rl.nft_ref_weight > 0 else None)
         self.rollout_steps = rl.rollout_steps or sampling.steps
         self.guidance = sampling.guidance if rl.rollout_guidance is None else rl.rollout_guidance
         with torch.no_grad():
@@ -163,13 +167,14 @@ class RLTrainer:
                                    mask=None if valid is None else valid[samples])
 
     @property
-    def _rows_per_sample(self) -> int:
+    def rows_per_sample(self) -> int:
         """UNet rows a sample costs: 2 with classifier-free guidance (conditional and unconditional)."""
         return 2 if self.uncond is not None else 1
 
-    def count_passes(self, samples: int, train: bool) -> None:
-        """Count UNet calls on `samples` rows of the policy (guided: two each), forward only or trained."""
-        self._count((TRAIN_PASS_COST if train else 1) * samples * self._rows_per_sample)
+    def count_passes(self, samples: int, train: bool, rows: int | None = None) -> None:
+        """Count UNet calls on `samples` inputs of `rows` rows each (default: the policy's, two when guided),
+        forward only or trained."""
+        self._count((TRAIN_PASS_COST if train else 1) * samples * (self.rows_per_sample if rows is None else rows))
 
     def with_joint_pretraining(self, loss: torch.Tensor) -> torch.Tensor:
         """`loss` plus beta * L_pre when rl.pretrain_mode is "joint" (Algorithm 1's separate step otherwise)."""
