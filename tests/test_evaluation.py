@@ -266,6 +266,15 @@ def test_evaluate_ranks_the_corrupted_model_last(evaluated):
         m["reward.composition.rl_minus_base"] / m["reward.composition.base_std"])
 
 
+def test_paired_utility_differences(evaluated):
+    """RL minus base / control in the panel's utility, image by image: the paired mean is the difference of
+    the two models' means; identical sets (RL and control here) differ by exactly 0."""
+    _, _, m = evaluated
+    assert m["quality.rl_minus_base"] == pytest.approx(m["quality.rl"] - m["quality.base"], abs=2e-6)
+    assert m["quality.rl_minus_base_ci_low"] > 0  # the clean renders beside the half-blank base
+    assert m["quality.rl_minus_control"] == m["quality.rl_minus_control_ci_low"] == m["quality.rl_minus_control_ci_high"] == 0.0
+
+
 def test_evaluate_plot_tables(evaluated):
     root, _, m = evaluated
     with open(root / "plots_eval" / "win_rate.csv") as handle:

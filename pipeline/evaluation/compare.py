@@ -86,8 +86,14 @@ def _comparisons(data: Aligned) -> list[tuple[str, str, str]]:
 
 
 def add_quality(ev: Evaluation, data: Aligned, panel) -> None:
-    for model, utility in ev.utility(panel, data).items():
-        ev.estimate(f"quality.{model}", utility, data.prompts)
+    """The panel's mean utility of each model, and RL minus base / control in it, paired image by image."""
+    utility = ev.utility(panel, data)
+    for model, values in utility.items():
+        ev.estimate(f"quality.{model}", values, data.prompts)
+    for other in ("base", "control"):
+        if "rl" in utility and other in utility:
+            ev.estimate(f"quality.rl_minus_{other}", np.stack([utility["rl"], utility[other]], 1), data.prompts,
+                        (1.0, -1.0))
 
 
 def add_win_rates(ev: Evaluation, data: Aligned, panel, learned) -> None:
