@@ -48,3 +48,8 @@ class UnknownRewardOptionError(InputError, ValueError):
 
 class RewardOptionError(InputError, ValueError):
     """A `reward_options` value the reward cannot use."""
+
+
+class SweepError(InputError, ValueError):
+    """A sweep grid, name or experiment that cannot be used (pipeline/sweep.py); the message names the key or
+    experiment."""
