@@ -16,7 +16,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv run test mlflow-ui mlflow-sync plots-template bench clean-checkpoints
+.PHONY: venv run test sweep sweep-table mlflow-ui mlflow-sync plots-template bench clean-checkpoints
 
 venv: $(STAMP)
 
@@ -35,6 +35,18 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# A sweep as DVC experiments, one a cell, run one at a time, then its table and figure (pipeline/sweep.py):
+#   make sweep GRID='--set world.stream.defect_rate=0,0.3,0.6 --set world.stream.wrong_relation=0,0.3' [SWEEP=name]
+# `make sweep-table` rebuilds the table and figure alone (e.g. of a sweep still running: add --allow-missing to GRID).
+SWEEP ?= sweep
+SWEEP_OUT = data/sweeps/$(SWEEP)
+sweep: $(STAMP)
+	$(BIN)/python -m pipeline.sweep queue $(GRID) --name $(SWEEP) --run
+	$(MAKE) --no-print-directory sweep-table
+
+sweep-table: $(STAMP)
+	$(BIN)/python -m pipeline.sweep table $(GRID) --name $(SWEEP) --table $(SWEEP_OUT).md --figure $(SWEEP_OUT).png
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT) --workers 1
