@@ -166,6 +166,12 @@ def check_ranges(params: Params, source: str) -> None:
     if len(set(seeds)) != len(seeds):
         raise ParamsError(f"{source}: 'sampling.seeds' is {seeds}; expected distinct seeds (a repeated one samples "
                           "the same images twice)")
+    check_eta = params.sampling.check_eta
+    if check_eta is not None and check_eta == params.sampling.eta:
+        default = "" if "check_eta" in params.sampling.model_fields_set else " (the default)"
+        raise ParamsError(f"{source}: 'sampling.check_eta' is {check_eta}{default}, the same as 'sampling.eta': the "
+                          "sampler check would repeat the evaluation's sampler; expected another eta in [0, 1] (e.g. "
+                          "1.0 beside eta 0) or null to turn the check off")
     m = params.model
     ignored = [key for key in IGNORED_BY_KIND[m.kind] if key in m.model_fields_set]
     if ignored:

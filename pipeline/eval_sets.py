@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.corpora import DIVERSITY, EVAL_CORPORA
+from pipeline.corpora import DIVERSITY, EVAL_CORPORA, PREFERENCE
 from pipeline.io import read_jsonl
 from pipeline.models.base import Text2ImageModel
 from pipeline.params import Params
@@ -37,8 +37,17 @@ def eval_rows(prompts_dir: str | Path, params: Params, tasks: tuple[str, ...] = 
     return rows
 
 
+def check_rows(prompts_dir: str | Path, params: Params) -> list[dict]:
+    """The sampler check's rows: the preference rows of `eval_rows` (same prompts, seeds and noise), each with
+    `eta` = sampling.check_eta, the other sampler's; [] when the check is off (check_eta null)."""
+    eta = params.sampling.check_eta
+    return [] if eta is None else [{**row, "eta": eta} for row in eval_rows(prompts_dir, params, (PREFERENCE,))]
+
+
 def sample_rows(model: Text2ImageModel, rows: list[dict], params: Params, progress: bool = True,
-                label: str = "sampling") -> torch.Tensor:
+                label: str = "sampling", eta: float | None = None) -> torch.Tensor:
+    """Images of `rows` with the params' sampler; `eta` (e.g. the sampler check's) in place of sampling.eta."""
     s = params.sampling
     return sample_images(model, [r["prompt"] for r in rows], [r["noise_seed"] for r in rows], steps=s.steps,
-                         guidance=s.guidance, eta=s.eta, batch_size=s.batch_size, progress=progress, label=label)
+                         guidance=s.guidance, eta=s.eta if eta is None else eta, batch_size=s.batch_size,
+                         progress=progress, label=label)

@@ -143,6 +143,7 @@ class SamplingParams(_Section):
     steps: int = Field(20, ge=2, le=1000)
     guidance: float = Field(3.0, ge=1.0)
     eta: float = Field(0.0, ge=0.0, le=1.0)
+    check_eta: float | None = Field(1.0, ge=0.0, le=1.0)  # the sampler check's eta (preference prompts); null: off
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     diversity_seeds: int = Field(16, ge=2)  # samples per under-specified eval prompt
     batch_size: int = Field(64, ge=1)  # samples per sampler call: eval, reward-model pairs, RL trajectories
@@ -257,7 +258,6 @@ class RewardModelParams(_Section):
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(64, ge=1)
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-
 
     @field_validator("sources")
     @classmethod

@@ -21,18 +21,30 @@ from pipeline.io import atomic_path, read_jsonl, write_jsonl
 INDEX = "index.jsonl"
 MODELS = ("base", "control", "rl")
 REQUIRED = ("base", "rl")
+# The sampler check's set inside a model's sample folder: the preference eval prompts and seeds sampled
+# with sampling.check_eta (its rows carry their `eta`), in the same format as the folder's own set.
+CHECK = "check"
 
 
-def write_samples(out: str | Path, rows: list[dict], images: torch.Tensor) -> None:
-    """PNGs plus index.jsonl (prompt, task, seed, path), written atomically as one folder."""
+def write_samples(out: str | Path, rows: list[dict], images: torch.Tensor,
+                  check: tuple[list[dict], torch.Tensor] | None = None) -> None:
+    """PNGs plus index.jsonl (prompt, task, seed, path), and the sampler check's (rows, images) in the
+    CHECK subfolder, written atomically as one folder."""
     with atomic_path(Path(out), directory=True) as tmp:
-        indexed = []
-        for number, (row, image) in enumerate(zip(rows, images)):
-            name = f"{row['task']}/{number:05d}.png"
-            (tmp / row["task"]).mkdir(exist_ok=True)
-            Image.fromarray(image.numpy()).save(tmp / name)
-            indexed.append({**row, "path": name})
-        write_jsonl(tmp / INDEX, indexed)
+        _write_set(tmp, rows, images)
+        if check is not None:
+            _write_set(tmp / CHECK, *check)
+
+
+def _write_set(folder: Path, rows: list[dict], images: torch.Tensor) -> None:
+    folder.mkdir(exist_ok=True)
+    indexed = []
+    for number, (row, image) in enumerate(zip(rows, images)):
+        name = f"{row['task']}/{number:05d}.png"
+        (folder / row["task"]).mkdir(exist_ok=True)
+        Image.fromarray(image.numpy()).save(folder / name)
+        indexed.append({**row, "path": name})
+    write_jsonl(folder / INDEX, indexed)
 
 
 def read_samples(folder: str | Path) -> tuple[list[dict], np.ndarray]:
@@ -117,6 +129,25 @@ def load_models(samples_dir: str | Path) -> Aligned:
             continue
         loaded[name] = read_samples(folder)
     return align(loaded, {name: samples_dir / name for name in loaded})
+
+
+def load_check(samples_dir: str | Path, models) -> Aligned | None:
+    """The sampler check's sets (`<samples_dir>/<model>/check`) of `models`, aligned, or None when one lacks
+    it (check_eta null, or a folder sampled before the check existed: with a warning if only some lack it)."""
+    folders = {name: Path(samples_dir) / name / CHECK for name in models}
+    lacking = [str(folder) for folder in folders.values() if not folder.is_dir()]
+    if lacking:
+        if len(lacking) < len(folders):
+            warnings.warn(f"{', '.join(lacking)} missing: the sampler check (sampler_check.*) is omitted; re-run "
+                          "the sample stages to compare every model", RuntimeWarning, stacklevel=2)
+        return None
+    loaded = {name: read_samples(folder) for name, folder in folders.items()}
+    etas = {name: {row.get("eta") for row in rows} for name, (rows, _) in loaded.items()}
+    found = set().union(*etas.values())
+    if len(found) != 1 or None in found:
+        raise DataFileError(f"{Path(samples_dir)}: the sampler check's sets give eta {etas}; expected one eta, the "
+                            "same in every model's check/index.jsonl (re-run the sample stages)")
+    return align(loaded, folders)
 
 
 def align(loaded: dict[str, tuple[list[dict], np.ndarray]], folders: dict[str, Path] | None = None) -> Aligned:

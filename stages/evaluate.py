@@ -3,7 +3,8 @@
 Win rates judged by a held-out rater panel (and, beside them, by the learned reward model: the
 gap is reward over-optimisation), composition accuracy (seen / unseen, single / two objects),
 diversity of under-specified prompts and the panel's absolute quality score, each with a 95%
-prompt-bootstrap interval. Writes a flat eval.json, headline.json (the verdict's dozen numbers,
+prompt-bootstrap interval; with the sample folders' `check/` sets, RL's panel win rates under the
+other sampler (the sampler check). Writes a flat eval.json, headline.json (the verdict's dozen numbers,
 pipeline/verdict.py; also on the MLflow parent run) and the win-rate and composition plot tables.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.evaluation.compare import PLOT_FILES, evaluate_models, write_evaluation
         from pipeline.io import write_json
         from pipeline.outputs import Output, check_outputs
-        from pipeline.samples import load_models
+        from pipeline.samples import load_check, load_models
         from pipeline.tracking import StageRun
         from pipeline.verdict import headline_metrics, read_eval, table_rows, to_markdown, verdict
 
@@ -39,11 +40,12 @@ def main(argv: list[str] | None = None) -> None:
                       + [Output("--plots", Path(args.plots) / name) for name in PLOT_FILES],
                       {"--params": args.params, "--samples": args.samples, "--reward-model": args.reward_model})
         data = load_models(args.samples)
+        check = load_check(args.samples, data.images)  # None: no sampler check (sampler_check.* omitted)
         if args.reward_model and not Path(args.reward_model).is_dir():
             raise DataFileError(f"--reward-model {args.reward_model}: reward model folder not found; expected the "
                                 "reward_model stage's output (or --reward-model '' to leave out the learned judge)")
         with StageRun("evaluate", params.model_dump(mode="json")) as run:
-            ev = evaluate_models(data, params, args.reward_model or None)
+            ev = evaluate_models(data, params, args.reward_model or None, check)
             write_evaluation(ev, args.metrics, args.plots)
             result = verdict(read_eval(args.metrics))  # from the file: the verdict's numbers are eval.json's
             write_json(args.headline, result.headline)

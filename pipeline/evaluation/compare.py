@@ -8,6 +8,8 @@ the key, so a re-run gives the same numbers.
 Splits: win rates per prompt task and pooled over all pairs; composition over the fully specified
 corpora (`single`, `composition`), all / seen / unseen colour-shape combinations, single- and
 two-object; diversity over the `diversity` corpus (several seeds per under-specified prompt).
+The sampler check (`sampler_check.*`): RL's panel win rates on the preference prompts sampled with
+the other sampler (`sampling.check_eta`), when every model's sample folder holds that set.
 """
 from __future__ import annotations
 
@@ -61,15 +63,21 @@ class Evaluation:
         self.metrics.update(est.flat(key))
         return est
 
-    def win_rates(self, data: Aligned, comparison: str, outcomes: np.ndarray, judge: str, prefix: str) -> None:
+    def win_rates(self, data: Aligned, comparison: str, outcomes: np.ndarray, judge: str, prefix: str,
+                  plotted: bool = True) -> None:
+        """`prefix.comparison.<task>` per task and `.pooled` (when there is more than one task, or `plotted`);
+        `plotted`: also as rows of win_rate.csv."""
         scopes = [(task, np.array([r["task"] == task for r in data.rows])) for task in _tasks(data.rows)]
-        for scope, mask in scopes + [("pooled", np.ones(len(data.rows), dtype=bool))]:
+        if plotted or len(scopes) > 1:
+            scopes.append(("pooled", np.ones(len(data.rows), dtype=bool)))
+        for scope, mask in scopes:
             key = f"{prefix}.{comparison}.{scope}"
             est = win_rate(outcomes[mask], data.prompts[mask], self.params.evaluate.bootstrap,
                            stable_seed("bootstrap", self.params.seed, key))
             self.metrics.update(est.flat(key))
-            self.win_rows.append({"comparison": comparison, "task": scope, "win_rate": est.value,
-                                  "ci_low": est.low, "ci_high": est.high, "judge": judge})
+            if plotted:
+                self.win_rows.append({"comparison": comparison, "task": scope, "win_rate": est.value,
+                                      "ci_low": est.low, "ci_high": est.high, "judge": judge})
 
 
 def prompt_specs(data: Aligned) -> list:
@@ -96,6 +104,26 @@ def add_quality(ev: Evaluation, data: Aligned, panel) -> None:
                         (1.0, -1.0))
 
 
+def panel_comparisons(ev: Evaluation, data: Aligned, panel, first: tuple[str, ...] | None = None):
+    """(a, b, name, outcomes) for each comparison of `data`'s models (those whose first model is in `first`):
+    one random rater of the panel per pair, the draws seeded by the judge seed and the comparison's index."""
+    specs = prompt_specs(data)
+    for index, (a, b, name) in enumerate(_comparisons(data)):
+        if first is None or a in first:
+            seed = judges.judge_seed(ev.params.seed) + index
+            yield a, b, name, judges.panel_outcomes(panel, data.images[a], data.images[b], specs, seed)
+
+
+def add_sampler_check(ev: Evaluation, check: Aligned | None, panel) -> None:
+    """RL's panel win rates (vs base, vs control) on the sampler check's samples: the preference eval prompts
+    and seeds sampled with the other sampler (sampling.check_eta), and that eta. Omitted without a check."""
+    if check is None:
+        return
+    ev.metrics["sampler_check.eta"] = float(check.rows[0]["eta"])
+    for _, _, name, won in panel_comparisons(ev, check, panel, first=("rl",)):
+        ev.win_rates(check, name, won, "panel", "sampler_check.win_rate", plotted=False)
+
+
 def add_win_rates(ev: Evaluation, data: Aligned, panel, learned) -> None:
     """Panel win rates (one random rater's choice per pair, as a human evaluation); with a learned judge,
     its win rates and the over-optimisation gap.
@@ -103,12 +131,9 @@ def add_win_rates(ev: Evaluation, data: Aligned, panel, learned) -> None:
     The gap compares like with like: the learned judge's verdict (a score comparison) against the
     panel's noise-free verdict (its mean utility), both deterministic. Against the noisy rater's
     choice, which rater noise pulls towards 0.5, even a perfect reward model would show a gap."""
-    specs = prompt_specs(data)
     scores = {m: judges.learned_scores(learned, im, data.rows) for m, im in data.images.items()} if learned else {}
     utility = ev.utility(panel, data) if learned else {}
-    for index, (a, b, name) in enumerate(_comparisons(data)):
-        seed = judges.judge_seed(ev.params.seed) + index
-        panel_won = judges.panel_outcomes(panel, data.images[a], data.images[b], specs, seed)
+    for a, b, name, panel_won in panel_comparisons(ev, data, panel):
         ev.win_rates(data, name, panel_won, "panel", "win_rate")
         if learned:
             learned_won = win_outcomes(scores[a], scores[b])
@@ -207,12 +232,14 @@ def add_diversity(ev: Evaluation, data: Aligned) -> None:
             ev.estimate(f"diversity.{model}.{name}", table[:, column], None)
 
 
-def evaluate_models(data: Aligned, params, reward_model_dir: str | Path | None = None) -> Evaluation:
-    """Every metric of the `evaluate` stage on aligned sample sets."""
+def evaluate_models(data: Aligned, params, reward_model_dir: str | Path | None = None,
+                    check: Aligned | None = None) -> Evaluation:
+    """Every metric of the `evaluate` stage on aligned sample sets (and the sampler check's, if given)."""
     ev = Evaluation(params)
     panel = judges.judge_panel(params)
     learned = judges.load_learned_judge(reward_model_dir)
     add_win_rates(ev, data, panel, learned)
+    add_sampler_check(ev, check, panel)
     add_composition(ev, data)
     add_diversity(ev, data)
     add_quality(ev, data, panel)

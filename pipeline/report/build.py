@@ -128,7 +128,11 @@ def build_document(inputs: ReportInputs) -> Document:
     wins = tables.win_rate_estimates(m)
     if wins:
         doc.add(Figure("win_rate.png", figures.win_rate_chart(wins), "Win rate per task (dashed: 0.5, a tie)"))
-    doc.add(tables.win_rate_table(m), Heading("Reward over-optimisation"), *gap_blocks(m),
+    doc.add(tables.win_rate_table(m))
+    check = tables.sampler_check_text(m)
+    if check:  # the win rates again under the other sampler (eval.json's sampler_check.*)
+        doc.add(Text(check))
+    doc.add(Heading("Reward over-optimisation"), *gap_blocks(m),
             Heading("Training"), *training_blocks(inputs), Heading("Samples"), *sample_blocks(inputs.samples))
     if inputs.runs:
         doc.add(Heading("Runs compared"), Text("Single-task vs joint training (as the paper's Table 5)."),

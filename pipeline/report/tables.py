@@ -89,6 +89,18 @@ def win_rate_table(metrics: dict[str, float]) -> Table:
     return Table(["comparison", "task", "panel (held-out raters)", "learned reward model"], rows)
 
 
+def sampler_check_text(metrics: dict[str, float]) -> str | None:
+    """'Sampler check (eta 1): RL vs base 0.55 [...], RL vs control ...' from sampler_check.* (None without it)."""
+    if "sampler_check.eta" not in metrics:
+        return None
+    check = {k.removeprefix("sampler_check."): v for k, v in metrics.items() if k.startswith("sampler_check.")}
+    wins = ", ".join(f"{c.replace('rl_vs_', 'RL vs ')} {cell(check, f'win_rate.{c}.{t}')}"
+                     for c, t in estimates(check, "win_rate"))
+    return (f"Sampler check (eta {check['eta']:g}): {wins or 'no comparison'}. The panel's win "
+            "rates on the preference prompts and seeds sampled again with the other sampler (sampling.check_eta): "
+            "a win that holds under both samplers is not the deterministic sampler's alone.")
+
+
 PAIRED_SPLITS = (("all prompts", ""), ("seen combinations", "seen."), ("unseen combinations", "unseen."))
 PAIRED_KINDS = (("two-object exact", "two_exact"), ("single-object exact", "single_exact"))
 
