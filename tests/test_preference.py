@@ -18,6 +18,7 @@ from pipeline.rewards.preference_data import (  # noqa: E402
     sample_group_pairs,
     source_counts,
     vote,
+    win_probabilities,
 )
 from pipeline.rewards.preference_training import (  # noqa: E402
     fit_reward_model,
@@ -205,6 +206,22 @@ def test_stream_and_mismatch_pairs_teach_what_the_panel_values():
     assert (panel.utility(clean["images_a"], clean["prompts"]) > 9.5).all()  # clean renders that match
     spoilt = render_pairs(records, 60, Realism(defect_rate=1.0), RES, seed=0, mismatch=False)
     assert panel.utility(spoilt["images_a"], spoilt["prompts"]).mean() < 9.0
+
+
+def test_labelling_in_chunks_gives_every_pair_the_same_probability_and_prints_progress(capsys):
+    """The reward model's labels are computed in chunks (with progress lines): each pair's panel
+    probabilities, and so the votes drawn from them, equal the one-call ones."""
+    records = [{"prompt": p} for p in ("a red circle", "a large blue square", "a green triangle")]
+    pairs = render_pairs(records, 11, Realism(defect_rate=0.5), RES, seed=1, mismatch=False)
+    panel = RaterPanel(5, 1.0, seed=PANEL_SEED)
+    a, b, prompts = pairs["images_a"], pairs["images_b"], pairs["prompts"]
+    whole = panel.win_probabilities(a, b, prompts)
+    chunked = win_probabilities(panel, a, b, prompts, progress=True, chunk=4)
+    assert chunked.shape == whole.shape == (5, 11)
+    assert torch.equal(chunked, whole)
+    assert "labelling pairs: pair 11/11 (100%)" in capsys.readouterr().out
+    votes = vote(panel, a, b, prompts, 3, torch.Generator().manual_seed(5))
+    assert torch.equal(vote(panel, a, b, prompts, 3, torch.Generator().manual_seed(5), chunked), votes)
 
 
 @pytest.mark.parametrize("bad, message", [

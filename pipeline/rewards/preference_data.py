@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pipeline.progress import Progress
 from pipeline.world.panel import RaterPanel
 from pipeline.world.attributes import spec_of
 from pipeline.world.realism import Realism, render_with_defect
@@ -37,11 +38,12 @@ def _prompt(record: dict | str) -> str:
 
 
 def render_pairs(records: Sequence, n: int, realism: Realism, resolution: int, seed: int,
-                 mismatch: bool) -> dict:
+                 mismatch: bool, progress: bool = False) -> dict:
     """`n` pairs of renders for prompts drawn from `records` (seeded). Without `mismatch`, both
     images satisfy the prompt (with stream defects); with it, image b shows another prompt's scene."""
     rng = np.random.default_rng([seed, 17, int(mismatch)])
     images_a, images_b, prompts = [], [], []
+    bar = Progress(f"rendering {'mismatch' if mismatch else 'stream'} pairs", n, unit="pair", enabled=progress)
     for _ in range(n):
         record = records[int(rng.integers(len(records)))]
         spec = _spec(record)
@@ -51,6 +53,8 @@ def render_pairs(records: Sequence, n: int, realism: Realism, resolution: int, s
         if rng.random() < 0.5:  # the matching image is not always a
             a, b = b, a
         images_a.append(a), images_b.append(b), prompts.append(_prompt(record))
+        bar.update()
+    bar.close()
     empty = np.zeros((0, resolution, resolution, 3), np.uint8)
     return {"images_a": torch.from_numpy(np.stack(images_a) if n else empty),
             "images_b": torch.from_numpy(np.stack(images_b) if n else empty), "prompts": prompts}
@@ -75,10 +79,27 @@ def concat_pairs(parts: dict[str, dict]) -> dict:
             "source": [name for name, p in parts.items() for _ in p["prompts"]]}
 
 
+def win_probabilities(panel: RaterPanel, images_a: torch.Tensor, images_b: torch.Tensor, prompts: Sequence,
+                      progress: bool = False, chunk: int = 2048) -> torch.Tensor:
+    """The panel's `win_probabilities` ([raters, N]) in chunks of pairs, with progress lines: labelling
+    tens of thousands of pairs takes minutes on a CPU. Each pair's value does not depend on the chunk."""
+    prompts = list(prompts)
+    bar = Progress("labelling pairs", len(prompts), unit="pair", enabled=progress)
+    parts = []
+    for start in range(0, len(prompts), chunk):
+        stop = start + chunk
+        parts.append(panel.win_probabilities(images_a[start:stop], images_b[start:stop], prompts[start:stop]))
+        bar.update(len(prompts[start:stop]))
+    bar.close()
+    return torch.cat(parts, 1) if parts else panel.win_probabilities(images_a, images_b, prompts)
+
+
 def vote(panel: RaterPanel, images_a: torch.Tensor, images_b: torch.Tensor, prompts: Sequence, votes: int,
-         generator: torch.Generator) -> torch.Tensor:
-    """Share of `votes` random raters (one Bradley-Terry choice each) preferring a: float [N]."""
-    probabilities = panel.win_probabilities(images_a, images_b, list(prompts))
+         generator: torch.Generator, probabilities: torch.Tensor | None = None) -> torch.Tensor:
+    """Share of `votes` random raters (one Bradley-Terry choice each) preferring a: float [N].
+    `probabilities`: the pairs' `win_probabilities`, when already computed."""
+    if probabilities is None:
+        probabilities = panel.win_probabilities(images_a, images_b, list(prompts))
     return torch.stack([panel.draw_labels(probabilities, generator).float() for _ in range(votes)]).mean(0)
 
 
@@ -122,5 +143,6 @@ def build_pairs(model, records: Sequence, reward_params, sampling, realism: Real
                                             batch_size=sampling.batch_size, progress=progress)
     for name in ("stream", "mismatch"):
         if counts.get(name):
-            parts[name] = render_pairs(records, counts[name], realism, resolution, seed, mismatch=name == "mismatch")
+            parts[name] = render_pairs(records, counts[name], realism, resolution, seed, mismatch=name == "mismatch",
+                                       progress=progress)
     return concat_pairs(parts)

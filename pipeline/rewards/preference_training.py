@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.rewards.preference import PreferenceModel, num_parameters
-from pipeline.rewards.preference_data import build_pairs, vote
+from pipeline.progress import Progress
+from pipeline.rewards.preference_data import build_pairs, vote, win_probabilities
 from pipeline.world.panel import RaterPanel, label_seed, make_panel
 from pipeline.world.realism import Realism
 
@@ -91,6 +92,7 @@ def train_preference_model(images_a: torch.Tensor, images_b: torch.Tensor, promp
                                                    pct_start=0.1, anneal_strategy="cos")
     rng = np.random.default_rng([seed, 2])
     model.train()
+    bar = Progress("training", total_steps, enabled=progress)
     for epoch in range(epochs):
         order = train[rng.permutation(len(train))]
         running = []
@@ -111,8 +113,8 @@ def train_preference_model(images_a: torch.Tensor, images_b: torch.Tensor, promp
             optimizer.step()
             schedule.step()
             running.append(loss.item())
-        if progress:
-            print(f"reward model epoch {epoch + 1}/{epochs}: train loss {np.mean(running):.4f}")
+            bar.update(epoch=epoch + 1, loss=float(np.mean(running)))
+    bar.close()
     model.eval()
     metrics = {"train_pairs": int(len(train)), "heldout_pairs": int(len(held)), "parameters": num_parameters(model)}
     for name, rows in (("train", train), ("heldout", held)):
@@ -124,9 +126,11 @@ def train_preference_model(images_a: torch.Tensor, images_b: torch.Tensor, promp
 
 
 def panel_self_agreement(panel: RaterPanel, images_a: torch.Tensor, images_b: torch.Tensor, prompts: Sequence,
-                         seed: int = 0) -> float:
-    """Share of pairs on which two independent panel draws (random rater, Bradley-Terry) agree."""
-    probabilities = panel.win_probabilities(images_a, images_b, prompts)
+                         seed: int = 0, probabilities: torch.Tensor | None = None) -> float:
+    """Share of pairs on which two independent panel draws (random rater, Bradley-Terry) agree
+    (`probabilities`: the pairs' `win_probabilities`, when already computed)."""
+    if probabilities is None:
+        probabilities = panel.win_probabilities(images_a, images_b, prompts)
     first = panel.draw_labels(probabilities, torch.Generator().manual_seed(int(seed)))
     second = panel.draw_labels(probabilities, torch.Generator().manual_seed(int(seed) + 1))
     return float((first == second).float().mean())
@@ -144,7 +148,9 @@ def fit_labelled_pairs(dataset: dict, panel: RaterPanel, reward_params, seed: in
     measure the held-out pairs against one fresh rater's choice each, beside the panel's own noise-free
     verdict (its mean utility) on the same choices: the ceiling a learned model can reach."""
     a, b, prompts = dataset["images_a"], dataset["images_b"], list(dataset["prompts"])
-    votes = vote(panel, a, b, prompts, reward_params.votes, torch.Generator().manual_seed(label_seed(seed)))
+    probabilities = win_probabilities(panel, a, b, prompts, progress)
+    votes = vote(panel, a, b, prompts, reward_params.votes, torch.Generator().manual_seed(label_seed(seed)),
+                 probabilities)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
         model = PreferenceModel(channels=reward_params.channels)
@@ -155,7 +161,8 @@ def fit_labelled_pairs(dataset: dict, panel: RaterPanel, reward_params, seed: in
     )
     _, held = split_indices(len(prompts), reward_params.holdout_fraction, seed)
     held_prompts = [prompts[i] for i in held]
-    choice = vote(panel, a[held], b[held], held_prompts, 1, torch.Generator().manual_seed(label_seed(seed) + 2))
+    choice = vote(panel, a[held], b[held], held_prompts, 1, torch.Generator().manual_seed(label_seed(seed) + 2),
+                  probabilities[:, torch.as_tensor(held)])
     scores_a, scores_b = model.score(a[held], held_prompts), model.score(b[held], held_prompts)
     utility_a, utility_b = panel.utility(a[held], held_prompts), panel.utility(b[held], held_prompts)
     noise_free = (utility_a > utility_b).float() + 0.5 * (utility_a == utility_b).float()
@@ -165,7 +172,8 @@ def fit_labelled_pairs(dataset: dict, panel: RaterPanel, reward_params, seed: in
         heldout_accuracy=pair_accuracy(scores_a, scores_b, choice),
         panel_best_accuracy=pair_accuracy(utility_a, utility_b, choice),
         heldout_agreement_noise_free=pair_accuracy(scores_a, scores_b, noise_free),
-        panel_self_agreement=panel_self_agreement(panel, a, b, prompts, seed=label_seed(seed) + 1),
+        panel_self_agreement=panel_self_agreement(panel, a, b, prompts, seed=label_seed(seed) + 1,
+                                                  probabilities=probabilities),
         label_mean=float(votes.float().mean()),
     )
     metrics["accuracy_gap"] = metrics["panel_best_accuracy"] - metrics["heldout_accuracy"]
