@@ -36,15 +36,16 @@ def write_samples(out: str | Path, rows: list[dict], images: torch.Tensor,
             _write_set(tmp / CHECK, *check)
 
 
-def _write_set(folder: Path, rows: list[dict], images: torch.Tensor) -> None:
-    folder.mkdir(exist_ok=True)
+def _write_set(tmp_folder: Path, rows: list[dict], images: torch.Tensor) -> None:
+    """One sample set into `tmp_folder`, a folder inside atomic_path's temporary one."""
+    tmp_folder.mkdir(exist_ok=True)
     indexed = []
     for number, (row, image) in enumerate(zip(rows, images)):
         name = f"{row['task']}/{number:05d}.png"
-        (folder / row["task"]).mkdir(exist_ok=True)
-        Image.fromarray(image.numpy()).save(folder / name)
+        (tmp_folder / row["task"]).mkdir(exist_ok=True)
+        Image.fromarray(image.numpy()).save(tmp_folder / name)
         indexed.append({**row, "path": name})
-    write_jsonl(folder / INDEX, indexed)
+    write_jsonl(tmp_folder / INDEX, indexed)
 
 
 def read_samples(folder: str | Path) -> tuple[list[dict], np.ndarray]:

@@ -74,7 +74,7 @@ def test_unknown_reward_lists_known(tmp_path):
     assert "'rl.tasks[0].reward'" in message and "composition" in message and "diversity" in message
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "params.sd2.yaml"])
+@pytest.mark.parametrize("name", ["params.yaml", "params.sd2.yaml", "tests/params.smoke.yaml"])
 def test_params_file_has_every_key_the_dvc_stages_track(name):
     """DVC refuses to run a stage whose tracked params are missing from params.yaml (the SD recipe
     `cp params.sd2.yaml params.yaml && dvc repro` failed on 'world')."""
