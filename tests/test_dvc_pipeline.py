@@ -27,13 +27,14 @@ def dvc_repo(tmp_path_factory):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     shutil.copy(SMOKE_PARAMS, repo / "params.yaml")
-    (repo / ".gitignore").write_text("/data/\n/checkpoints/\n/mlflow.db\n/mlruns/\n/.cache/\n")
+    (repo / ".gitignore").write_text("/data/\n/checkpoints/\n/mlflow.db\n/mlruns/\n/.cache/\n__pycache__/\n")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(repo),
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
            "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
     _run(["git", "init", "-q"], repo, env)
     _run(["dvc", "init", "-q"], repo, env)
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")  # the project's: bytecode caches are no code dependency
     _run(["dvc", "config", "core.site_cache_dir", str(repo / ".cache" / "dvc-site")], repo, env)
     shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # the plot templates and offline page
     _run(["dvc", "config", "plots.html_template", "plots/offline.html"], repo, env)
