@@ -1,6 +1,7 @@
 """Process-wide run settings: threads, seeds, device."""
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -34,3 +35,14 @@ def resolve_device(name: str) -> torch.device:
     if problem:
         raise RuntimeError(f"params {problem}")
     return torch.device(name)
+
+
+def autocast(device: torch.device | str, mixed_precision: str):
+    """bf16 autocast on CUDA or the CPU when `mixed_precision` is "bf16"; otherwise a no-op.
+
+    On a CPU with AVX-512 BF16 the UNet runs ~1.5x faster and the preference model trains ~1.45x faster
+    (bench/RESULTS.md); weights and optimiser state stay float32."""
+    device = torch.device(device)
+    if mixed_precision == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from pipeline.rewards.preference import PreferenceModel, num_parameters
 from pipeline.progress import Progress
+from pipeline.runtime import autocast
 from pipeline.rewards.preference_data import build_pairs, vote, win_probabilities
 from pipeline.world.panel import RaterPanel, label_seed, make_panel
 from pipeline.world.realism import Realism
@@ -65,11 +66,13 @@ def train_preference_model(images_a: torch.Tensor, images_b: torch.Tensor, promp
                            labels: torch.Tensor, *, epochs: int = 20, lr: float = 1e-3, batch_size: int = 64,
                            holdout_fraction: float = 0.2, seed: int = 0, weight_decay: float = 0.1,
                            model: PreferenceModel | None = None, device: str = "cpu", augment: bool = True,
-                           progress: bool = False) -> tuple[PreferenceModel, dict]:
+                           mixed_precision: str = "no", progress: bool = False) -> tuple[PreferenceModel, dict]:
     """Fit a PreferenceModel to labelled pairs (labels: 1 = a preferred) with the Bradley-Terry loss.
 
     With `augment`, half of each batch's pairs are mirrored left-right (the caption's "left" and
-    "right" swapped to match): the panel's qualities do not change under the mirror.
+    "right" swapped to match): the panel's qualities do not change under the mirror. `mixed_precision`
+    "bf16" runs the training forward passes under bf16 autocast (~1.45x faster on a CPU with AVX-512
+    BF16, bench/RESULTS.md); the loss, the weights and the held-out scoring stay float32.
 
     Returns the model (eval mode) and metrics: heldout_accuracy, heldout_loss, train_accuracy,
     train_loss, train_pairs, heldout_pairs, parameters.
@@ -106,8 +109,9 @@ def train_preference_model(images_a: torch.Tensor, images_b: torch.Tensor, promp
                 batch_a = torch.where(flip[:, None, None, None], batch_a.flip(width), batch_a)
                 batch_b = torch.where(flip[:, None, None, None], batch_b.flip(width), batch_b)
                 batch_prompts = [mirror_prompt(p) if f else p for p, f in zip(batch_prompts, flip.tolist())]
-            s_a, s_b = _pair_scores(model, batch_a, batch_b, batch_prompts)
-            loss = bradley_terry_loss(s_a, s_b, labels[rows].to(s_a.device))
+            with autocast(device, mixed_precision):
+                s_a, s_b = _pair_scores(model, batch_a, batch_b, batch_prompts)
+            loss = bradley_terry_loss(s_a.float(), s_b.float(), labels[rows].to(s_a.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -143,7 +147,7 @@ def panel_best_accuracy(panel: RaterPanel, images_a: torch.Tensor, images_b: tor
 
 
 def fit_labelled_pairs(dataset: dict, panel: RaterPanel, reward_params, seed: int, device: str = "cpu",
-                       progress: bool = False) -> tuple[PreferenceModel, dict]:
+                       mixed_precision: str = "no", progress: bool = False) -> tuple[PreferenceModel, dict]:
     """Label a pair dataset with `reward_params.votes` panel votes a pair, train on the vote shares, and
     measure the held-out pairs against one fresh rater's choice each, beside the panel's own noise-free
     verdict (its mean utility) on the same choices: the ceiling a learned model can reach."""
@@ -157,7 +161,7 @@ def fit_labelled_pairs(dataset: dict, panel: RaterPanel, reward_params, seed: in
     model, metrics = train_preference_model(
         a, b, prompts, votes, epochs=reward_params.epochs, lr=reward_params.lr, model=model,
         batch_size=reward_params.batch_size, holdout_fraction=reward_params.holdout_fraction, seed=seed,
-        device=device, progress=progress,
+        device=device, mixed_precision=mixed_precision, progress=progress,
     )
     _, held = split_indices(len(prompts), reward_params.holdout_fraction, seed)
     held_prompts = [prompts[i] for i in held]
@@ -194,9 +198,10 @@ def fit_reward_model(model, records: Sequence, reward_params, sampling, world, s
     `records` are the preference corpus's train records (prompt and spec). Metrics: heldout_accuracy and
     panel_best_accuracy (one fresh rater's choice per held-out pair; the second is the panel's noise-free
     verdict, the ceiling), accuracy_gap, heldout_agreement_noise_free, panel_self_agreement, per-source
-    accuracies, pair counts and the training losses.
+    accuracies, pair counts and the training losses. The preference model trains under the base model's
+    `mixed_precision` (`model.mixed_precision`: bf16 autocast where the machine has it).
     """
     dataset = build_pairs(model, records, reward_params, sampling, Realism.from_params(world.stream),
                           world.resolution, seed, progress=progress)
     return fit_labelled_pairs(dataset, make_panel(reward_params), reward_params, seed, device=device,
-                              progress=progress)
+                              mixed_precision=model.mixed_precision, progress=progress)
