@@ -16,13 +16,19 @@ from pipeline.report.tables import cell, estimates
 # The table's metric columns (header, eval.json key): each is eval.json's value with its 95% bootstrap interval
 # over prompts; "RL minus" ones are paired image by image (same prompt and seed).
 COLUMNS = (("RL vs control: panel win rate", "win_rate.rl_vs_control.pooled"),
+           ("RL vs control: panel win rate, preference prompts", "win_rate.rl_vs_control.preference"),
            ("RL vs base: panel win rate", "win_rate.rl_vs_base.pooled"),
+           ("RL vs base: panel win rate, preference prompts", "win_rate.rl_vs_base.preference"),
            ("RL minus control: utility", "quality.rl_minus_control"),
            ("RL minus base: utility", "quality.rl_minus_base"),
            ("RL minus control: two-object exact", "composition.rl_minus_control.two_exact"),
+           ("RL minus control: two-object exact, seen pairs", "composition.rl_minus_control.seen.two_exact"),
+           ("RL minus control: two-object exact, unseen pairs", "composition.rl_minus_control.unseen.two_exact"),
            ("RL minus base: two-object exact", "composition.rl_minus_base.two_exact"),
            ("RL: two-object exact", "composition.rl.two_exact"),
-           ("RL: parity (0 = even)", "diversity.rl.parity"),
+           ("RL minus base: single exact", "composition.rl_minus_base.single_exact"),
+           ("base: parity (0 = even)", "diversity.base.parity"),
+           ("RL: parity", "diversity.rl.parity"),
            ("control: parity", "diversity.control.parity"))
 
 
