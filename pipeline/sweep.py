@@ -4,6 +4,11 @@ built by code from the experiments' stored metrics.
     python -m pipeline.sweep queue --set world.stream.defect_rate=0,0.3 --set rl.lr=5e-5,1e-4 --name gap --run
     python -m pipeline.sweep table --set world.stream.defect_rate=0,0.3 --set rl.lr=5e-5,1e-4 --name gap \\
         --table data/sweeps/gap.md --figure data/sweeps/gap.png
+    python -m pipeline.sweep queue --cells sweeps/table5.yaml --name table5 --run
+
+`--cells FILE` names the cells instead (settings that go together, or a list such as rl.tasks, which a grid
+cannot spell): a YAML file of `cells: {NAME: {KEY: VALUE, ...}, ...}` and optional `common: {KEY: VALUE}` set in
+every cell; with `--set` too, every named cell meets every combination of the grid.
 
 `queue` checks every cell's params.yaml, as DVC's `-S` writes it, against the schema (pipeline/params.py) before it
 queues any: one `dvc exp run --queue -S KEY=VALUE ... --name NAME` per cell (`gap-defect_rate=0.3-lr=0.0001`).
@@ -13,10 +18,8 @@ queues any: one `dvc exp run --queue -S KEY=VALUE ... --name NAME` per cell (`ga
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -32,26 +35,10 @@ from pipeline.config import parse_params
 from pipeline.errors import InputError, ParamsError, SweepError
 from pipeline.io import atomic_path, write_text
 from pipeline.keys import flatten
+from pipeline.sweep_cells import CELL_KEY, Cell, cells, parse_grid, parse_value, read_cells
 
 PARAMS_FILE = "params.yaml"
 EVAL_JSON = "data/metrics/eval.json"
-KEY = re.compile(r"[A-Za-z_]\w*(\.\w+)*")
-PREFIX = re.compile(r"[A-Za-z0-9][\w-]*")
-
-
-@dataclass(frozen=True)
-class Cell:
-    name: str  # the DVC experiment's name
-    values: dict[str, str]  # params key -> value as given on the command line (DVC's -S syntax)
-
-    def label(self) -> str:
-        return ", ".join(f"{key}={value}" for key, value in self.values.items())
-
-    def overrides(self, present: set[str]) -> list[str]:
-        """DVC's `-S` values: `key=value`, or `++key=value` (Hydra's add-or-set) for a key params.yaml lacks."""
-        return [f"{'' if key in present else '++'}{key}={value}" for key, value in self.values.items()]
-
-
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -59,65 +46,6 @@ class Experiment:
     state: str  # queued, running, failed or success
     params: dict[str, Any]  # its params.yaml, flattened to dotted keys
     timestamp: str
-
-
-def _override(key: str, text: str):
-    """`key=text` parsed as DVC's `-S` parses it (Hydra's override grammar)."""
-    from dvc.utils.hydra import to_hydra_overrides
-    from hydra.errors import HydraException
-
-    try:
-        return to_hydra_overrides([f"{key}={text}"])[0]
-    except HydraException as exc:
-        raise SweepError(f"--set {key}: DVC's -S cannot read {text!r} ({str(exc).splitlines()[0]})") from None
-
-
-def parse_value(key: str, text: str) -> Any:
-    """One value as DVC writes it to params.yaml: '0.3' a float, 'null' None, 'red' a string, '[1,2]' a list."""
-    return _override(key, text).value()
-
-
-def parse_grid(items: list[str]) -> dict[str, list[str]]:
-    """['a.b=1,2', 'c=x'] -> {'a.b': ['1', '2'], 'c': ['x']}. Values are a Hydra choice list as DVC's -S reads
-    it: a comma inside [...] or quotes stays in its value, and range(0,10,2) is 0, 2, 4, 6, 8."""
-    grid: dict[str, list[str]] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not KEY.fullmatch(key):
-            raise SweepError(f"--set {item!r}: expected KEY=V1,V2,... with KEY a dotted params key such as rl.lr")
-        if key in grid:
-            raise SweepError(f"--set {key}: the key is given twice; list all its values in one --set")
-        override = _override(key, text)
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [text.strip()]
-        if "" in values or len(set(values)) != len(values):
-            raise SweepError(f"--set {key}: expected distinct, non-empty values separated by commas, got {text!r}")
-        grid[key] = values
-    if not grid:
-        raise SweepError("no grid: give at least one --set KEY=V1,V2,...")
-    return grid
-
-
-def _slug(value: str) -> str:
-    """A value as a piece of a git ref name (DVC's experiment names are refs)."""
-    return re.sub(r"[^\w.+-]+", "_", value).replace("..", "_").strip("._") or "_"
-
-
-def cells(grid: dict[str, list[str]], prefix: str) -> list[Cell]:
-    """Every combination of the grid's values, the last key varying fastest, each named `prefix-leaf=value-...`
-    (the key's last part as the leaf, the whole key where two keys share a last part)."""
-    if not PREFIX.fullmatch(prefix):
-        raise SweepError(f"--name {prefix!r}: expected letters, digits, '_' and '-', starting with a letter or digit")
-    leaves = [key.rsplit(".", 1)[-1] for key in grid]
-    labels = {key: leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(grid, leaves)}
-    found = [Cell("-".join([prefix] + [f"{labels[k]}={_slug(v)}" for k, v in zip(grid, combo)]), dict(zip(grid, combo)))
-             for combo in itertools.product(*grid.values())]
-    names = [cell.name for cell in found]
-    clash = next((cell for cell in found if names.count(cell.name) > 1), None)
-    if clash is not None:
-        raise SweepError(f"two cells would both be named {clash.name!r} (values that differ only in punctuation); "
-                         "write the values alike")
-    return found
 
 
 def _read_params(path: Path) -> dict:
@@ -208,6 +136,16 @@ def queue(root: Path, grid_cells: list[Cell], stages: list[str], run: bool) -> N
             raise SweepError(f"experiments that did not succeed: {', '.join(failed)}; see dvc queue logs NAME")
 
 
+def _subtree(flat: dict[str, Any], key: str) -> dict[str, Any]:
+    """The flattened params at `key` and under it (a list such as rl.tasks is flattened to rl.tasks.0.name, ...)."""
+    return {k: v for k, v in flat.items() if k == key or k.startswith(f"{key}.")}
+
+
+def _shown(flat: dict[str, Any], key: str) -> str:
+    found = _subtree(flat, key)
+    return repr(found.get(key)) if list(found) in ([], [key]) else repr(found)
+
+
 def collect(root: Path, grid_cells: list[Cell], allow_missing: bool = False) -> list[tuple[dict, dict]]:
     """(the experiment's params, flattened; its eval.json) for each cell, in grid order. A cell without a successful
     experiment fails, naming it, unless `allow_missing` (then it is left out, with a warning)."""
@@ -222,11 +160,12 @@ def collect(root: Path, grid_cells: list[Cell], allow_missing: bool = False) -> 
             missing.append(f"{cell.name} ({exp.state if exp else 'no such experiment'})")
             continue
         for key, text in cell.values.items():
-            if exp.params.get(key) != parse_value(key, text):
-                raise SweepError(f"experiment {exp.name}: {key} is {exp.params.get(key)!r}, not the cell's {text}: it is "
-                                 "of another sweep; choose another --name")
+            if _subtree(exp.params, key) != flatten({key: parse_value(key, text)}):
+                raise SweepError(f"experiment {exp.name}: {key} is {_shown(exp.params, key)}, not the cell's {text}: "
+                                 "it is of another sweep; choose another --name")
+        params = {**exp.params, CELL_KEY: cell.variant} if cell.variant else exp.params
         try:
-            runs.append((exp.params, json.loads(dvc.api.read(EVAL_JSON, repo=str(root), rev=exp.rev))))
+            runs.append((params, json.loads(dvc.api.read(EVAL_JSON, repo=str(root), rev=exp.rev))))
         except (OSError, ValueError, DvcException) as exc:
             raise SweepError(f"experiment {exp.name}: cannot read its {EVAL_JSON} ({exc})") from None
     if missing and (not allow_missing or not runs):
@@ -241,6 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--set", "-S", dest="grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="a params key and its values in DVC's -S syntax (repeat for a grid)")
+    common.add_argument("--cells", metavar="FILE", help="named cells, a YAML file (sweeps/*.yaml); with --set, "
+                        "each cell with each combination of the grid")
     common.add_argument("--name", default="sweep", help="the experiments' name prefix (default: sweep)")
     common.add_argument("--cwd", default=".", help="the DVC project folder (default: .)")
     p = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__,
@@ -254,7 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("table", parents=[common], help=what, description=what)
     t.add_argument("--table", required=True, help="Markdown table to write")
     t.add_argument("--figure", required=True, help="PNG figure to write")
-    t.add_argument("--x", default=None, help="the swept key on the figure's x axis (default: the first --set key)")
+    t.add_argument("--x", default=None, help="the swept key on the figure's x axis (default: the first --set key, "
+                   f"or '{CELL_KEY}' with --cells and no --set)")
     t.add_argument("--allow-missing", action="store_true", help="leave out cells without a successful experiment")
     return p
 
@@ -264,13 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.cwd).resolve()
     try:
         grid = parse_grid(args.grid)
-        grid_cells = cells(grid, args.name)
+        named = read_cells(args.cells) if args.cells else None
+        grid_cells = cells(grid, args.name, named)
         if args.command == "queue":
             queue(root, grid_cells, [s for s in args.stages.split(",") if s], args.run)
             return 0
         from pipeline.sweep_table import figure, markdown  # matplotlib, for tables only
 
-        keys, x_key = list(grid), args.x or next(iter(grid))
+        keys = [CELL_KEY] * bool(named) + list(grid)
+        x_key = args.x or (list(grid) or keys)[0]
         if x_key not in grid:
             raise SweepError(f"--x {x_key}: not a swept key; expected one of {', '.join(keys)}")
         runs = collect(root, grid_cells, args.allow_missing)
