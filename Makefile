@@ -46,7 +46,7 @@ sweep: $(STAMP)
 	$(MAKE) --no-print-directory sweep-table
 
 sweep-table: $(STAMP)
-	$(BIN)/python -m pipeline.sweep table $(GRID) --name $(SWEEP) --table $(SWEEP_OUT).md --figure $(SWEEP_OUT).png
+	$(BIN)/python -m pipeline.sweep table $(GRID) --name $(SWEEP) --table $(SWEEP_OUT).md --figure $(SWEEP_OUT).png --html $(SWEEP_OUT).html
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT) --workers 1

@@ -195,6 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("table", parents=[common], help=what, description=what)
     t.add_argument("--table", required=True, help="Markdown table to write")
     t.add_argument("--figure", required=True, help="PNG figure to write")
+    t.add_argument("--html", help="the sweep's report, a self-contained HTML page (table, figure, Table 5)")
     t.add_argument("--x", default=None, help="the swept key on the figure's x axis (default: the first --set key, "
                    f"or '{CELL_KEY}' with --cells and no --set)")
     t.add_argument("--allow-missing", action="store_true", help="leave out cells without a successful experiment")
@@ -211,17 +212,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "queue":
             queue(root, grid_cells, [s for s in args.stages.split(",") if s], args.run)
             return 0
-        from pipeline.sweep_table import figure, markdown  # matplotlib, for tables only
+        from pipeline.report.document import to_html, to_markdown
+        from pipeline.sweep_table import document, figure  # matplotlib, for tables only
 
         keys = [CELL_KEY] * bool(named) + list(grid)
         x_key = args.x or (list(grid) or keys)[0]
         if x_key not in grid:
             raise SweepError(f"--x {x_key}: not a swept key; expected one of {', '.join(keys)}")
         runs = collect(root, grid_cells, args.allow_missing)
-        write_text(args.table, markdown(args.name, keys, runs))
+        png = figure(x_key, keys, runs)
+        doc = document(args.name, keys, runs, (Path(args.figure).name, png), x_key)
+        write_text(args.table, to_markdown(doc))  # its figure by file name: keep the two side by side
         with atomic_path(args.figure) as tmp:
-            tmp.write_bytes(figure(x_key, keys, runs))
-        print(f"sweep {args.name}: {len(runs)} experiments -> {args.table}, {args.figure}")
+            tmp.write_bytes(png)
+        if args.html:
+            write_text(args.html, to_html(doc))
+        print(f"sweep {args.name}: {len(runs)} experiments -> " + ", ".join(filter(None, (args.table, args.figure, args.html))))
         return 0
     except InputError as exc:
         print(f"error: sweep {args.command}: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.report.document import Document, Heading, Table, Text, to_markdown
+from pipeline.report.document import Document, Figure, Heading, Table, Text, to_markdown
 from pipeline.report.figures import plt, png_bytes
 from pipeline.report.tables import cell, estimates
 
@@ -132,19 +132,28 @@ def task_gain_tables(runs: list[tuple[dict, dict]]) -> list[tuple[str, Table]]:
     return tables
 
 
-def markdown(prefix: str, keys: list[str], runs: list[tuple[dict, dict]]) -> str:
+def document(prefix: str, keys: list[str], runs: list[tuple[dict, dict]], figure_file: tuple[str, bytes] | None = None,
+             x_key: str | None = None) -> Document:
+    """The sweep's report: its table, its figure (`figure_file`: the PNG's file name and bytes) and Table 5."""
     doc = Document(f"Sweep {prefix}: {', '.join(keys)}")
     doc.add(Text(f"{len(runs)} DVC experiments, one per cell of the grid (python -m pipeline.sweep). Each metric is "
                  "the experiment's eval.json value with its 95% bootstrap interval over prompts; RL minus base or "
                  "control is paired image by image. A win rate of 0.5 is a tie."),
             Table([*keys, *(header for header, _ in COLUMNS)], table_rows(keys, runs)))
+    if figure_file is not None:
+        doc.add(Figure(*figure_file, f"The panel's win rate of RL vs the compute-matched control against {x_key}, "
+                                     "a line per task, with its 95% interval; 0.5 is a tie."))
     for label, table in task_gain_tables(runs):
         doc.add(Heading(f"Joint vs single-task training: {label} (the paper's Table 5)"),
                 Text("Each task's gain over the base on its held-out eval prompts, trained alone and in the joint "
                      "run at the same per-task budget; the joint run should keep at least "
                      f"{JOINT_SHARE:.0%} of each. Then the task's own reward (the training reward on held-out "
                      "prompts, RL minus base, paired). Intervals: 95% bootstrap over prompts."), table)
-    return to_markdown(doc)
+    return doc
+
+
+def markdown(prefix: str, keys: list[str], runs: list[tuple[dict, dict]]) -> str:
+    return to_markdown(document(prefix, keys, runs))
 
 
 def _position(value: Any) -> tuple:

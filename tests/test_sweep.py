@@ -188,8 +188,13 @@ def test_named_cells_run_as_dvc_experiments_and_give_table5(dvc_repo, tmp_path):
             "--cwd", str(repo)]
     assert main(["queue", *args, "--stages", "evaluate", "--run"]) == 0
     table = (tmp_path / "t5" / "table").with_suffix(".md")
-    assert main(["table", *args, "--table", str(table), "--figure", str(tmp_path / "t5.png")]) == 0
+    page = (tmp_path / "t5" / "report").with_suffix(".html")
+    assert main(["table", *args, "--table", str(table), "--figure", str(tmp_path / "t5" / "t5.png"),
+                 "--html", str(page)]) == 0
     text = table.read_text()
+    assert "](t5.png)" in text  # the figure beside the table, by file name
+    html = page.read_text()
+    assert "data:image/png;base64," in html and "(the paper&#x27;s Table 5)" in html and "<td>joint</td>" in html
     assert [line.split(" | ")[0] for line in text.splitlines() if line.startswith(("| alone", "| joint"))] == [
         "| alone", "| joint"]
     found = experiments(repo)
