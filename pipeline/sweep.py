@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
         keys = [CELL_KEY] * bool(named) + list(grid)
         x_key = args.x or (list(grid) or keys)[0]
-        if x_key not in grid:
+        if x_key not in keys:
             raise SweepError(f"--x {x_key}: not a swept key; expected one of {', '.join(keys)}")
         runs = collect(root, grid_cells, args.allow_missing)
         png = figure(x_key, keys, runs)

@@ -169,8 +169,7 @@ def test_a_two_cell_sweep_of_dvc_experiments_and_its_table(dvc_repo, tmp_path): 
 
 @pytest.mark.slow
 def test_named_cells_run_as_dvc_experiments_and_give_table5(dvc_repo, tmp_path):  # noqa: F811
-    """A --cells file (a single-task and a joint cell) times a one-value grid, run to the evaluate stage as DVC
-    experiments: the table has a row per cell and the Table 5 section sets the task's gain alone beside jointly,
+    """A --cells file (a single-task and a joint cell), run to the evaluate stage as DVC experiments: the table has a row per cell and the Table 5 section sets the task's gain alone beside jointly,
     each equal to its experiment's eval.json."""
     import json
 
@@ -184,8 +183,7 @@ def test_named_cells_run_as_dvc_experiments_and_give_table5(dvc_repo, tmp_path):
     (tmp_path / "t5.yaml").write_text(f"cells:\n  alone: {{rl.tasks: [{task}]}}\n  joint: {{rl.tasks: [{task}, "
                                       "{name: diversity, reward: diversity, prompts: diversity, "
                                       "samples_per_prompt: 2, prompts_per_iteration: 2, advantage: batch}]}\n")
-    args = ["--cells", str(tmp_path / "t5.yaml"), "--set", "world.stream.defect_rate=0", "--name", "t5",
-            "--cwd", str(repo)]
+    args = ["--cells", str(tmp_path / "t5.yaml"), "--name", "t5", "--cwd", str(repo)]
     assert main(["queue", *args, "--stages", "evaluate", "--run"]) == 0
     table = (tmp_path / "t5" / "table").with_suffix(".md")
     page = (tmp_path / "t5" / "report").with_suffix(".html")
@@ -198,7 +196,7 @@ def test_named_cells_run_as_dvc_experiments_and_give_table5(dvc_repo, tmp_path):
     assert [line.split(" | ")[0] for line in text.splitlines() if line.startswith(("| alone", "| joint"))] == [
         "| alone", "| joint"]
     found = experiments(repo)
-    evals = {cell: json.loads(dvc.api.read("data/metrics/eval.json", repo=str(repo), rev=found[f"t5-{cell}-defect_rate=0"].rev))
+    evals = {cell: json.loads(dvc.api.read("data/metrics/eval.json", repo=str(repo), rev=found[f"t5-{cell}"].rev))
              for cell in ("alone", "joint")}
     assert "reward.diversity.rl_minus_base" in evals["joint"] and "reward.diversity.rl_minus_base" not in evals["alone"]
     section = text.split("(the paper's Table 5)")[1]
