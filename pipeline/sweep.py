@@ -4,7 +4,7 @@ built by code from the experiments' stored metrics.
     python -m pipeline.sweep queue --set world.stream.defect_rate=0,0.3 --set rl.lr=5e-5,1e-4 --name gap --run
     python -m pipeline.sweep table --set world.stream.defect_rate=0,0.3 --set rl.lr=5e-5,1e-4 --name gap \\
         --table data/sweeps/gap.md --figure data/sweeps/gap.png
-    python -m pipeline.sweep queue --cells sweeps/table5.yaml --name table5 --run
+    python -m pipeline.sweep queue --cells sweeps/table5_ppo.yaml --name table5ppo --run
 
 `--cells FILE` names the cells instead (settings that go together, or a list such as rl.tasks, which a grid
 cannot spell): a YAML file of `cells: {NAME: {KEY: VALUE, ...}, ...}` and optional `common: {KEY: VALUE}` set in

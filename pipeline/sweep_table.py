@@ -2,7 +2,7 @@
 params, then the metrics below), and the figure of RL vs the compute-matched control against a swept param.
 
 Pure functions of (params, eval.json metrics) pairs: the experiments' flattened params and their flat eval.json.
-A sweep with a joint multi-task run and single-task runs of its tasks (sweeps/table5.yaml) also gets the
+A sweep with a joint multi-task run and single-task runs of its tasks (sweeps/table5_ppo.yaml) also gets the
 paper's Table 5: each task's gain over the base in the joint model against its gain trained alone.
 """
 from __future__ import annotations
@@ -94,8 +94,8 @@ def _gain_text(gain) -> str:
 def _share(joint, single) -> str:
     if joint is None or single is None:
         return "—"
-    if single[0] <= 0:
-        return "— (no single-task gain)"
+    if single[0] <= 0 or (single[1] is not None and single[1] <= 0):  # a share of noise says nothing
+        return "— (no single-task gain above zero)"
     share = joint[0] / single[0]
     meets = share >= JOINT_SHARE - 1e-9  # 0.1 / 0.125 is 0.7999... in floating point
     return f"{share:.2f} ({'meets' if meets else 'below'} {JOINT_SHARE:g})"

@@ -136,7 +136,10 @@ def test_table5_sets_each_task_gain_alone_beside_its_gain_jointly():
     preference, composition, diversity = table.rows
     assert preference[2:5] == ["+0.125 [+0.050, +0.200]", "+0.100 [+0.050, +0.150]", "0.80 (meets 0.8)"]
     assert preference[5:] == ["+0.400 [+0.200, +0.600]", "+0.200 [+0.100, +0.300]", "0.50 (below 0.8)"]
-    assert composition[4] == "— (no single-task gain)"
+    # a single-task gain whose interval reaches zero gives no share
+    alone[0][1]["reward.preference.rl_minus_base_ci_low"] = -0.01
+    assert task_gain_tables([*alone, joint])[0][1].rows[0][7] == "— (no single-task gain above zero)"
+    assert composition[4] == "— (no single-task gain above zero)"
     assert diversity[2:5] == ["+0.200", "+0.150", "0.75 (below 0.8)"]
     assert task_gain_tables(alone) == []  # no joint run: no Table 5
     assert "Joint vs single-task training: joint (the paper's Table 5)" in markdown("t5", ["cell"], [*alone, joint])
