@@ -15,8 +15,6 @@ from pipeline.errors import SweepError
 
 KEY = re.compile(r"[A-Za-z_]\w*(\.\w+)*")
 PREFIX = re.compile(r"[A-Za-z0-9][\w-]*")
-
-
 CELL_KEY = "cell"  # the table's column (and figure's axis) of a named cell
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.report.document import Document, Figure, Heading, Table, Text, to_markdown
 from pipeline.report.figures import plt, png_bytes
 from pipeline.report.tables import cell, estimates
+from pipeline.sweep_cells import CELL_KEY
 
 # The table's metric columns (header, eval.json key): each is eval.json's value with its 95% bootstrap interval
 # over prompts; "RL minus" ones are paired image by image (same prompt and seed).
@@ -103,7 +104,7 @@ def _share(joint, single) -> str:
 
 def _setting(params: dict) -> dict:
     """A run's params apart from its tasks and its cell name: the runs of one Table 5 share them."""
-    return {k: v for k, v in params.items() if not k.startswith("rl.tasks") and k != "cell"}
+    return {k: v for k, v in params.items() if not k.startswith("rl.tasks") and k != CELL_KEY}
 
 
 def task_gain_tables(runs: list[tuple[dict, dict]]) -> list[tuple[str, Table]]:
@@ -126,7 +127,7 @@ def task_gain_tables(runs: list[tuple[dict, dict]]) -> list[tuple[str, Table]]:
             rows.append([name, TASK_MEASURES.get(corpus, ("—",))[0], _gain_text(measured[0]), _gain_text(measured[1]),
                          _share(measured[1], measured[0]), _gain_text(rewarded[0]), _gain_text(rewarded[1]),
                          _share(rewarded[1], rewarded[0])])
-        label = params.get("cell") or " + ".join(name for name, _ in tasks)
+        label = params.get(CELL_KEY) or " + ".join(name for name, _ in tasks)
         tables.append((label, Table(["task", "held-out measure", "trained alone", "trained jointly", "joint / alone",
                                      "own reward, alone", "own reward, jointly", "joint / alone (reward)"], rows)))
     return tables
